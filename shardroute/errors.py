@@ -1,0 +1,87 @@
+"""The error tree.
+
+Local errors are our own misuse of an API; remote errors mean a peer broke a protocol. Each
+layer subclasses one of the two so drivers can decide what to close: a RemoteProtocolError
+ends the stream or connection it arrived on and nothing else.
+"""
+
+from __future__ import annotations
+
+
+class ShardrouteError(Exception):
+    """Root of every error shardroute raises on purpose."""
+
+
+class LocalProtocolError(ShardrouteError):
+    """We asked a protocol state machine for something its state does not allow."""
+
+
+class RemoteProtocolError(ShardrouteError):
+    """The peer sent bytes that break the protocol."""
+
+
+class MessageTooLarge(RemoteProtocolError):
+    """A length prefix announced more bytes than the limit for that message allows."""
+
+
+class VarintError(RemoteProtocolError):
+    """An unsigned varint was over-long, non-minimal or truncated where it must be whole."""
+
+
+class MultistreamError(RemoteProtocolError):
+    """multistream-select negotiation failed or the peer broke its framing."""
+
+
+class ProtocolNotSupported(MultistreamError):
+    """The peer answered `na` to every protocol we proposed."""
+
+
+class NoiseError(RemoteProtocolError):
+    """The Noise handshake or a transport frame failed (bad frame, MAC, signature, key)."""
+
+
+class PeerIdMismatch(NoiseError):
+    """The peer authenticated as a different peer ID from the one we dialed."""
+
+
+class YamuxError(RemoteProtocolError):
+    """The peer broke the Yamux framing or flow-control rules.
+
+    `code` is the GoAway code we send before closing (0 normal, 1 protocol, 2 internal).
+    """
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StreamReset(ShardrouteError):
+    """The stream was reset (by the peer or by us); no more data moves on it."""
+
+
+class ConnectionClosed(ShardrouteError):
+    """The connection is gone; streams on it can no longer be used."""
+
+
+class DialError(ShardrouteError):
+    """A dial to a peer failed: no usable address, refused, timed out or handshake failed."""
+
+
+class ResourceLimitExceeded(ShardrouteError):
+    """A configured cap (connections, streams, buffers) would be exceeded."""
+
+
+class InvalidKey(ShardrouteError):
+    """A public or private key could not be parsed, or has an unsupported type or size."""
+
+
+class InvalidPeerId(ShardrouteError):
+    """Bytes or text that do not form a valid peer ID."""
+
+
+class InvalidCid(ShardrouteError):
+    """Text or bytes that do not form a valid CID or shard hash."""
+
+
+class InvalidRecord(ShardrouteError):
+    """A DHT record failed validation for its namespace."""

@@ -1,0 +1,62 @@
+"""Every byte, count and time budget, with where its value comes from.
+
+Parsers check these before allocating. Values that other implementations enforce on us are
+quoted from their sources; the rest are our own choices, sized for a storage-node sidecar.
+"""
+
+from __future__ import annotations
+
+KIB = 1024
+MIB = 1024 * KIB
+
+# Unsigned varints: at most 9 bytes / 63 bits (multiformats unsigned-varint spec).
+VARINT_MAX_BYTES = 9
+
+# multistream-select: go-multistream rejects messages over 1024 bytes (ErrTooLarge).
+MULTISTREAM_MAX_MESSAGE = 1024
+# How many proposals a responder answers before giving up on a peer (our choice).
+MULTISTREAM_MAX_PROPOSALS = 16
+
+# Noise: frames carry a u16 length, so 65535 bytes including the 16-byte tag (noise spec).
+NOISE_MAX_FRAME = 65535
+NOISE_TAG_LEN = 16
+NOISE_MAX_PLAINTEXT = NOISE_MAX_FRAME - NOISE_TAG_LEN
+# A handshake payload is a key, a signature and extensions; RSA-8192 keys are the largest.
+NOISE_MAX_HANDSHAKE_PAYLOAD = 8 * KIB
+
+# Yamux (hashicorp spec, go-yamux const.go).
+YAMUX_HEADER_LEN = 12
+YAMUX_INITIAL_WINDOW = 256 * KIB
+YAMUX_MAX_WINDOW = 16 * MIB
+# go-yamux caps a data frame at 64 KiB; we cap the payload we send per frame the same way.
+YAMUX_MAX_FRAME_PAYLOAD = 64 * KIB
+# Streams we opened that the peer has not ACKed yet (yamux spec "ACK backlog").
+YAMUX_MAX_ACK_BACKLOG = 256
+# Concurrent streams per connection, inbound and outbound together (our choice).
+YAMUX_MAX_STREAMS = 1024
+# go pings every 30 s and drops the session after 10 s without an answer.
+YAMUX_KEEPALIVE_INTERVAL = 30.0
+YAMUX_PING_TIMEOUT = 10.0
+
+# Identify: go accepts up to 8 KiB per message (identify.go signedIDSize/maxMessages).
+IDENTIFY_MAX_MESSAGE = 8 * KIB
+IDENTIFY_MAX_MESSAGES = 10
+IDENTIFY_TIMEOUT = 5.0
+
+# Ping: 32-byte payload, 10 s per ping (go-libp2p ping.go).
+PING_PAYLOAD_LEN = 32
+PING_TIMEOUT = 10.0
+
+# Kademlia RPC messages: go-libp2p network.MessageSizeMax = 4 MiB.
+KAD_MAX_MESSAGE = 4 * MIB
+# rust-libp2p's default kad packet limit; replies stay under it unless the peer takes more.
+KAD_PORTABLE_MESSAGE = 16 * KIB
+
+# Connection set-up (go-libp2p: 15 s accept timeout, 10 s stream negotiation).
+DIAL_TIMEOUT = 15.0
+UPGRADE_TIMEOUT = 15.0
+STREAM_NEGOTIATION_TIMEOUT = 10.0
+
+# Host-wide caps (our choice for a sidecar: a few hundred peers at most).
+MAX_CONNECTIONS = 512
+MAX_INBOUND_PENDING = 64
