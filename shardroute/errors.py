@@ -67,6 +67,10 @@ class DialError(ShardrouteError):
     """A dial to a peer failed: no usable address, refused, timed out or handshake failed."""
 
 
+class DialPeerMismatch(DialError):
+    """The dialed address answered with another peer ID than the one we meant to reach."""
+
+
 class ResourceLimitExceeded(ShardrouteError):
     """A configured cap (connections, streams, buffers) would be exceeded."""
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs shardroute with its test tools and the third-party interop peers, checks lint,
+# types and generated code, then runs the whole test suite. This is the README's test command
+# and what CI runs on a fresh clone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q -e ".[test]"
+
+scripts/install-interop-peers.sh
+
+echo "== generated protobuf modules are current"
+scripts/check_proto.sh
+echo "== ruff"
+ruff check .
+echo "== mypy"
+mypy
+echo "== pytest"
+set +e
+python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests: the suite is broken" >&2
+  exit 1
+fi
+exit "$status"

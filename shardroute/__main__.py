@@ -1,0 +1,5 @@
+import sys
+
+from shardroute.cli import main
+
+sys.exit(main())

@@ -1,0 +1,386 @@
+"""The Yamux driver: one connection, its reader, its single writer, keep-alive, and its streams.
+
+The sans-IO `YamuxSession` decides everything about frames and windows; this module only moves
+bytes between it and the secure channel and wakes the tasks waiting on a stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from enum import Enum
+
+import anyio
+import anyio.abc
+from multiaddr import Multiaddr
+
+from shardroute import limits
+from shardroute.errors import (
+    ConnectionClosed,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ResourceLimitExceeded,
+    StreamReset,
+)
+from shardroute.identity.peer_id import PeerId
+from shardroute.net.secure import SecureChannel
+from shardroute.protocol.yamux import (
+    DataReceived,
+    GoAwayReceived,
+    PingAcknowledged,
+    StreamClosed,
+    StreamEnded,
+    StreamOpened,
+    WindowUpdated,
+    YamuxSession,
+)
+from shardroute.protocol.yamux import StreamReset as StreamResetEvent
+
+log = logging.getLogger(__name__)
+
+
+class Direction(Enum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class _Signal:
+    """A reusable wake-up: `wait()` returns after the next `fire()`."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+class MuxedStream:
+    """One Yamux stream as an anyio-style byte stream (receive/send/send_eof/aclose/reset)."""
+
+    def __init__(self, conn: MuxedConnection, stream_id: int, direction: Direction) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.direction = direction
+        self.protocol: str | None = None
+        self._buffer = bytearray()
+        # Bytes handed back after protocol negotiation; never counted against the window twice.
+        self._unacked_pushback = 0
+        self._eof = False
+        self._reset = False
+        self._write_closed = False
+        self._gone = False
+        self._changed = _Signal()
+
+    @property
+    def remote_peer(self) -> PeerId:
+        return self.conn.remote_peer
+
+    # -- called by the connection's reader --
+    def _on_data(self, data: bytes) -> None:
+        if self._gone:
+            # We closed our side and stopped reading: hand the window straight back.
+            self.conn.session.acknowledge_received(self.stream_id, len(data))
+            return
+        self._buffer += data
+        self._changed.fire()
+
+    def _on_eof(self) -> None:
+        self._eof = True
+        self._changed.fire()
+
+    def _on_reset(self) -> None:
+        self._reset = True
+        self._changed.fire()
+
+    def _on_window(self) -> None:
+        self._changed.fire()
+
+    def unread(self, data: bytes) -> None:
+        """Put back bytes that arrived pipelined with protocol negotiation."""
+        if data:
+            self._buffer[:0] = data
+            self._unacked_pushback += len(data)
+
+    # -- the application side --
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        while not self._buffer:
+            if self._reset:
+                raise StreamReset(f"stream {self.stream_id} was reset")
+            if self._eof:
+                raise anyio.EndOfStream
+            if self.conn.closed:
+                raise ConnectionClosed("connection closed")
+            await self._changed.wait()
+        chunk = bytes(self._buffer[:max_bytes])
+        del self._buffer[:max_bytes]
+        credit = len(chunk)
+        if self._unacked_pushback:
+            taken = min(self._unacked_pushback, credit)
+            self._unacked_pushback -= taken
+            credit -= taken
+        if credit and not self._reset:
+            self.conn.session.acknowledge_received(self.stream_id, credit)
+            self.conn.wake_writer()
+        return chunk
+
+    async def receive_exactly(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            out += await self.receive(n - len(out))
+        return bytes(out)
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            if self._reset:
+                raise StreamReset(f"stream {self.stream_id} was reset")
+            if self.conn.closed:
+                raise ConnectionClosed("connection closed")
+            taken = self.conn.session.send_data(self.stream_id, view)
+            if taken:
+                view = view[taken:]
+                self.conn.wake_writer()
+            else:
+                await self._changed.wait()
+
+    async def send_eof(self) -> None:
+        if self._write_closed or self._reset or self.conn.closed:
+            return
+        self._write_closed = True
+        self.conn.session.close_stream(self.stream_id)
+        self.conn.wake_writer()
+
+    async def aclose(self) -> None:
+        """Finish our side and stop reading; the stream is gone once the peer finishes too."""
+        await self.send_eof()
+        if not self._gone:
+            self._gone = True
+            if self._buffer and not self._reset and not self.conn.closed:
+                self.conn.session.acknowledge_received(
+                    self.stream_id, max(0, len(self._buffer) - self._unacked_pushback)
+                )
+                self.conn.wake_writer()
+            self._buffer.clear()
+
+    async def reset(self) -> None:
+        if self._reset or self.conn.closed:
+            return
+        self._reset = True
+        self._gone = True
+        self._buffer.clear()
+        try:
+            self.conn.session.reset_stream(self.stream_id)
+        except LocalProtocolError:
+            pass  # the session already forgot it
+        self.conn.wake_writer()
+        self.conn._forget(self.stream_id)
+        self._changed.fire()
+
+    async def __aenter__(self) -> MuxedStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class MuxedConnection:
+    """A secured, multiplexed connection to one peer."""
+
+    def __init__(
+        self,
+        channel: SecureChannel,
+        *,
+        direction: Direction,
+        remote_addr: Multiaddr,
+        initial_plaintext: bytes,
+        on_stream: Callable[[MuxedStream], None],
+        max_streams: int = limits.YAMUX_MAX_STREAMS,
+        keepalive_interval: float = limits.YAMUX_KEEPALIVE_INTERVAL,
+        ping_timeout: float = limits.YAMUX_PING_TIMEOUT,
+    ) -> None:
+        self.channel = channel
+        self.direction = direction
+        self.remote_peer: PeerId = channel.remote_peer
+        self.remote_addr = remote_addr
+        self.session = YamuxSession(is_client=direction is Direction.OUTBOUND, max_streams=max_streams)
+        self.streams: dict[int, MuxedStream] = {}
+        self.closed = False
+        self.close_reason: str | None = None
+        self._on_stream = on_stream
+        self._initial = initial_plaintext
+        self._wake = _Signal()
+        self._pong = _Signal()
+        self._last_pong: int | None = None
+        self._keepalive_interval = keepalive_interval
+        self._ping_timeout = ping_timeout
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._done = anyio.Event()
+        self.draining = False
+
+    def wake_writer(self) -> None:
+        self._wake.fire()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve the connection until it closes; cancels its stream handlers when it ends."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._writer)
+                tg.start_soon(self._keepalive)
+                task_status.started()
+                try:
+                    if self._initial:
+                        self._process(self._initial)
+                    await self._reader()
+                finally:
+                    self._mark_closed(self.close_reason or "reader ended")
+                    # Let the writer drain a queued GoAway, then stop everything.
+                    with anyio.move_on_after(1, shield=True):
+                        await self._flush_now()
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.move_on_after(1, shield=True):
+                await self.channel.aclose()
+            self._done.set()
+
+    def spawn(self, fn: Callable[..., object], *args: object) -> None:
+        """Run a stream handler inside this connection's task group (it dies with the connection)."""
+        if self._tg is None or self.closed:
+            raise ConnectionClosed("connection closed")
+        self._tg.start_soon(fn, *args)  # type: ignore[arg-type]
+
+    async def open_stream(self) -> MuxedStream:
+        if self.closed or self.draining:
+            raise ConnectionClosed("connection closed")
+        try:
+            stream_id = self.session.open_stream()
+        except ResourceLimitExceeded:
+            raise
+        except LocalProtocolError as exc:
+            raise ConnectionClosed(f"cannot open a stream: {exc}") from exc
+        stream = MuxedStream(self, stream_id, Direction.OUTBOUND)
+        self.streams[stream_id] = stream
+        self.wake_writer()
+        return stream
+
+    async def close(self, reason: str = "closed locally") -> None:
+        if not self.closed:
+            self.close_reason = reason
+            self._mark_closed(reason)
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+        with anyio.move_on_after(2, shield=True):
+            await self._done.wait()
+
+    async def wait_closed(self) -> None:
+        await self._done.wait()
+
+    async def ping(self, timeout: float = limits.YAMUX_PING_TIMEOUT) -> bool:
+        opaque = self.session.send_ping()
+        self.wake_writer()
+        with anyio.move_on_after(timeout):
+            while self._last_pong != opaque:
+                await self._pong.wait()
+            return True
+        return False
+
+    # -- internals --
+    def _forget(self, stream_id: int) -> None:
+        self.streams.pop(stream_id, None)
+
+    def _mark_closed(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = self.close_reason or reason
+        for stream in list(self.streams.values()):
+            stream._on_reset()
+        self.streams.clear()
+        self._wake.fire()
+
+    async def _flush_now(self) -> None:
+        data = self.session.data_to_send()
+        if data:
+            try:
+                await self.channel.send(data)
+            except ConnectionClosed:
+                pass
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                data = self.session.data_to_send()
+                if data:
+                    await self.channel.send(data)
+                    continue
+                if self.closed:
+                    return
+                await self._wake.wait()
+        except ConnectionClosed as exc:
+            self.close_reason = self.close_reason or f"write failed: {exc}"
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                data = await self.channel.receive()
+                self._process(data)
+        except ConnectionClosed as exc:
+            self.close_reason = self.close_reason or f"peer closed: {exc}"
+        except RemoteProtocolError as exc:  # Yamux framing or a Noise frame that fails to decrypt
+            log.info("closing connection to %s: %s", self.remote_peer, exc)
+            self.close_reason = f"protocol error: {exc}"
+
+    def _process(self, data: bytes) -> None:
+        for event in self.session.receive_data(data):
+            if isinstance(event, DataReceived):
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream._on_data(event.data)
+                else:
+                    self.session.acknowledge_received(event.stream_id, len(event.data))
+            elif isinstance(event, StreamOpened):
+                if self.draining:
+                    self.session.reset_stream(event.stream_id)
+                    continue
+                stream = MuxedStream(self, event.stream_id, Direction.INBOUND)
+                self.streams[event.stream_id] = stream
+                self._on_stream(stream)
+            elif isinstance(event, StreamEnded):
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream._on_eof()
+            elif isinstance(event, StreamResetEvent):
+                stream = self.streams.pop(event.stream_id, None)
+                if stream is not None:
+                    stream._on_reset()
+            elif isinstance(event, WindowUpdated):
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream._on_window()
+            elif isinstance(event, StreamClosed):
+                self.streams.pop(event.stream_id, None)
+            elif isinstance(event, PingAcknowledged):
+                self._last_pong = event.opaque
+                self._pong.fire()
+            elif isinstance(event, GoAwayReceived):
+                self.draining = True
+                self.close_reason = f"peer sent GoAway code {event.code}"
+        self.wake_writer()
+
+    async def _keepalive(self) -> None:
+        while not self.closed:
+            await anyio.sleep(self._keepalive_interval)
+            if not await self.ping(self._ping_timeout):
+                log.info("closing connection to %s: keep-alive ping unanswered", self.remote_peer)
+                self.close_reason = "keep-alive timeout"
+                if self._tg is not None:
+                    self._tg.cancel_scope.cancel()
+                return

@@ -1,0 +1,54 @@
+"""multistream-select over any byte stream: the thin driver for both roles."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from typing import Protocol
+
+from shardroute.errors import ProtocolNotSupported
+from shardroute.net.io import READ_CHUNK
+from shardroute.protocol.multistream import (
+    MultistreamInitiator,
+    MultistreamResponder,
+    ProtocolAgreed,
+    ProtocolRejected,
+)
+
+
+class Duplex(Protocol):
+    async def send(self, item: bytes) -> None: ...
+
+    async def receive(self, max_bytes: int = ...) -> bytes: ...
+
+
+async def select_protocol(stream: Duplex, protocols: Sequence[str]) -> tuple[str, bytes]:
+    """Propose `protocols` in order; returns the agreed one and bytes that followed its echo."""
+    core = MultistreamInitiator(protocols)
+    while True:
+        out = core.data_to_send()
+        if out:
+            await stream.send(out)
+        event = core.next_event()
+        if isinstance(event, ProtocolAgreed):
+            return event.protocol, event.remaining
+        if isinstance(event, ProtocolRejected):
+            raise ProtocolNotSupported(f"peer supports none of {list(protocols)}")
+        core.receive_data(await stream.receive(READ_CHUNK))
+
+
+async def handle_protocol(
+    stream: Duplex, supported: Collection[str] | Callable[[str], bool]
+) -> tuple[str, bytes]:
+    """Answer proposals until one is supported; returns it and the pipelined bytes after it."""
+    core = MultistreamResponder(supported)
+    while True:
+        out = core.data_to_send()
+        if out:
+            await stream.send(out)
+        event = core.next_event()
+        if isinstance(event, ProtocolAgreed):
+            out = core.data_to_send()
+            if out:
+                await stream.send(out)
+            return event.protocol, event.remaining
+        core.receive_data(await stream.receive(READ_CHUNK))

@@ -1,0 +1,217 @@
+"""Two or more real hosts on 127.0.0.1: the whole stack over real TCP sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import anyio
+import pytest
+
+from shardroute.addrs import parse_multiaddr, with_p2p
+from shardroute.errors import DialError, DialPeerMismatch
+from shardroute.identity.keys import Ed25519PrivateKey
+from shardroute.identity.peer_id import PeerId
+from shardroute.limits import YAMUX_INITIAL_WINDOW
+from shardroute.net.host import Host
+from shardroute.net.muxer import MuxedStream
+from shardroute.protocol.identify import IDENTIFY_PROTOCOL
+
+pytestmark = pytest.mark.anyio
+
+LOOPBACK = parse_multiaddr("/ip4/127.0.0.1/tcp/0")
+ECHO = "/test/echo/1.0.0"
+SINK = "/test/sink/1.0.0"
+
+
+def new_host(**kwargs: object) -> Host:
+    return Host(Ed25519PrivateKey.generate(), listen_addrs=[LOOPBACK], **kwargs)  # type: ignore[arg-type]
+
+
+def full_addr(host: Host) -> str:
+    return str(with_p2p(host.listen_addrs[0], host.peer_id))
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def echo_handler(stream: MuxedStream) -> None:
+    try:
+        while True:
+            await stream.send(await stream.receive())
+    except anyio.EndOfStream:
+        await stream.aclose()
+
+
+async def test_dial_identify_and_ping_both_ways() -> None:
+    async with new_host() as a, new_host() as b:
+        conn = await a.dial(parse_multiaddr(full_addr(b)))
+        assert conn.remote_peer == b.peer_id
+        await a.wait_identified(b.peer_id)
+        with anyio.fail_after(5):
+            await b.wait_identified(a.peer_id)
+        # identify told each side the other's real listen address and protocols
+        assert b.listen_addrs[0] in a.peerstore.addrs(b.peer_id, a.clock.monotonic())
+        assert a.listen_addrs[0] in b.peerstore.addrs(a.peer_id, b.clock.monotonic())
+        assert IDENTIFY_PROTOCOL in a.peerstore.protocols(b.peer_id)
+        assert a.peerstore.get(b.peer_id).agent_version.startswith("shardroute/")  # type: ignore[union-attr]
+        rtts = await a.ping(b.peer_id, 3)
+        assert len(rtts) == 3 and all(r > 0 for r in rtts)
+        # the listener reuses the same connection to ping back
+        assert len(await b.ping(a.peer_id, 1)) == 1
+        assert a.connection_count == 1 and b.connection_count == 1
+
+
+async def test_wrong_peer_id_fails_the_dial_clearly() -> None:
+    async with new_host() as a, new_host() as b:
+        stranger = PeerId.from_public_key(Ed25519PrivateKey.generate().public_key)
+        addr = with_p2p(b.listen_addrs[0], stranger)
+        with pytest.raises(DialPeerMismatch) as info:
+            await a.dial(addr)
+        assert str(stranger) in str(info.value) and str(b.peer_id) in str(info.value)
+        assert a.connection(stranger) is None and a.connection(b.peer_id) is None
+        # the listener keeps serving
+        assert (await a.dial(parse_multiaddr(full_addr(b)))).remote_peer == b.peer_id
+
+
+async def test_dial_refused_port_is_a_dial_error() -> None:
+    async with new_host() as b:
+        addr = full_addr(b)
+    async with new_host() as a:
+        with pytest.raises(DialError):
+            await a.dial(parse_multiaddr(addr))
+
+
+async def test_64_mib_over_100_concurrent_streams_arrive_byte_exact() -> None:
+    total = 64 * 1024 * 1024
+    streams = 100
+    per_stream = total // streams
+    received: dict[int, str] = {}
+
+    async def digest_handler(stream: MuxedStream) -> None:
+        h = hashlib.sha256()
+        n = 0
+        try:
+            while True:
+                chunk = await stream.receive()
+                h.update(chunk)
+                n += len(chunk)
+        except anyio.EndOfStream:
+            pass
+        await stream.send(f"{n}:{h.hexdigest()}".encode())
+        await stream.aclose()
+
+    async with new_host() as a, new_host() as b:
+        b.set_stream_handler(SINK, digest_handler)
+        await a.dial(parse_multiaddr(full_addr(b)))
+
+        async def send_one(i: int) -> None:
+            payload = hashlib.shake_256(i.to_bytes(4, "big")).digest(per_stream)
+            stream = await a.new_stream(b.peer_id, [SINK])
+            view = memoryview(payload)
+            for off in range(0, len(payload), 100_000):
+                await stream.send(view[off : off + 100_000])
+            await stream.send_eof()
+            answer = b""
+            try:
+                while True:
+                    answer += await stream.receive()
+            except anyio.EndOfStream:
+                pass
+            received[i] = answer.decode()
+            assert answer.decode() == f"{per_stream}:{hashlib.sha256(payload).hexdigest()}"
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for i in range(streams):
+                    tg.start_soon(send_one, i)
+        assert len(received) == streams
+
+
+async def test_slow_reader_makes_the_sender_wait() -> None:
+    gate = anyio.Event()
+    reader_streams: list[MuxedStream] = []
+
+    async def lazy_handler(stream: MuxedStream) -> None:
+        reader_streams.append(stream)
+        await gate.wait()
+        got = 0
+        try:
+            while True:
+                got += len(await stream.receive())
+        except anyio.EndOfStream:
+            pass
+        await stream.send(str(got).encode())
+        await stream.aclose()
+
+    async with new_host() as a, new_host() as b:
+        b.set_stream_handler(SINK, lazy_handler)
+        await a.dial(parse_multiaddr(full_addr(b)))
+        stream = await a.new_stream(b.peer_id, [SINK])
+        payload = os.urandom(8 * 1024 * 1024)
+        sent = 0
+        # While nobody reads, the sender gets stuck after about one window.
+        with anyio.move_on_after(1.0):
+            for off in range(0, len(payload), 64 * 1024):
+                await stream.send(payload[off : off + 64 * 1024])
+                sent = off + 64 * 1024
+        assert sent <= YAMUX_INITIAL_WINDOW + 64 * 1024
+        assert len(reader_streams) == 1
+        assert len(reader_streams[0]._buffer) <= YAMUX_INITIAL_WINDOW
+        # Once the reader drains, the rest flows.
+        gate.set()
+        with anyio.fail_after(30):
+            await stream.send(payload[sent:])
+            await stream.send_eof()
+            answer = await stream.receive()
+        assert int(answer) == len(payload)
+
+
+async def test_simultaneous_dials_end_with_one_connection() -> None:
+    async with new_host() as a, new_host() as b:
+        b_addr, a_addr = parse_multiaddr(full_addr(b)), parse_multiaddr(full_addr(a))
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(a.dial, b_addr)
+                tg.start_soon(b.dial, a_addr)
+        ca, cb = a.connection(b.peer_id), b.connection(a.peer_id)
+        assert ca is not None and cb is not None
+        # both ends picked the same underlying connection (same local/remote port pair)
+        assert ca.direction != cb.direction
+        a.set_stream_handler(ECHO, echo_handler)
+        stream = await b.new_stream(a.peer_id, [ECHO])
+        await stream.send(b"hello")
+        assert await stream.receive() == b"hello"
+
+
+async def test_garbage_peer_is_dropped_and_others_still_served() -> None:
+    async with new_host() as b:
+        b.set_stream_handler(ECHO, echo_handler)
+        fds_before = open_fds()
+        port = int(str(b.listen_addrs[0]).rsplit("/", 1)[1])
+        for junk in (b"\x00" * 100, b"\x13/multistream/1.0.0\n\x07/noise\n" + os.urandom(500), os.urandom(3000)):
+            sock = await anyio.connect_tcp("127.0.0.1", port)
+            await sock.send(junk)
+            with anyio.fail_after(20):
+                try:
+                    while await sock.receive():
+                        pass
+                except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+                    pass
+            await sock.aclose()
+        async with new_host() as a:
+            await a.dial(parse_multiaddr(full_addr(b)))
+            stream = await a.new_stream(b.peer_id, [ECHO])
+            await stream.send(b"still here")
+            assert await stream.receive() == b"still here"
+        assert b.connection_count <= 1
+    assert open_fds() <= fds_before
+
+
+async def test_shutdown_leaks_no_sockets() -> None:
+    before = open_fds()
+    async with new_host() as a, new_host() as b:
+        await a.dial(parse_multiaddr(full_addr(b)))
+        await a.ping(b.peer_id, 1)
+    assert open_fds() == before
