@@ -89,3 +89,7 @@ class InvalidCid(ShardrouteError):
 
 class InvalidRecord(ShardrouteError):
     """A DHT record failed validation for its namespace."""
+
+
+class KadRequestFailed(ShardrouteError):
+    """A DHT request to a peer failed: dial error, reset, timeout, or an unusable reply."""

@@ -60,3 +60,16 @@ STREAM_NEGOTIATION_TIMEOUT = 10.0
 # Host-wide caps (our choice for a sidecar: a few hundred peers at most).
 MAX_CONNECTIONS = 512
 MAX_INBOUND_PENDING = 64
+
+# Kademlia core (kad-dht.md §3). k, alpha, beta: libp2p/specs kad-dht README and go-libp2p-kad-dht.
+KAD_K = 20
+KAD_ALPHA = 10
+KAD_BETA = 3
+# Refresh keys are found by hashing random pre-images; go's prefix table stops at cpl 15.
+KAD_REFRESH_MAX_CPL = 15
+# Per-bucket replacement cache and failures before eviction (our choice; Kademlia paper §4.1).
+KAD_REPLACEMENT_CACHE = 8
+KAD_MAX_FAILURES = 3
+# IP diversity in the routing table (go-libp2p-kad-dht: 2 per cpl, 3 per table per IP group).
+KAD_DIVERSITY_PER_BUCKET = 2
+KAD_DIVERSITY_PER_TABLE = 3
