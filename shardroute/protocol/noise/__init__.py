@@ -1,0 +1,6 @@
+"""Noise XX for libp2p, sans-IO."""
+
+from shardroute.protocol.noise.handshake import HandshakeCompleted, NeedData, NoiseHandshake
+from shardroute.protocol.noise.transport import NoiseTransport
+
+__all__ = ["HandshakeCompleted", "NeedData", "NoiseHandshake", "NoiseTransport"]
