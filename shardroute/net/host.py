@@ -80,7 +80,7 @@ class Host:
         self.connected_addr_ttl = CONNECTED_ADDR_TTL
         self._requested_listen = list(listen_addrs)
         self._listen_addrs: list[Multiaddr] = []
-        self._listeners: list[anyio.abc.Listener[anyio.abc.SocketStream]] = []
+        self._listen_scopes: list[anyio.CancelScope] = []
         self._handlers: dict[str, StreamHandler] = {}
         self._connections: dict[PeerId, MuxedConnection] = {}
         self._all_connections: set[MuxedConnection] = set()
@@ -116,9 +116,8 @@ class Host:
         assert self._tg is not None
         tg, self._tg = self._tg, None
         with anyio.CancelScope(shield=True):
-            for listener in self._listeners:
-                with anyio.move_on_after(1):
-                    await listener.aclose()
+            for scope in self._listen_scopes:
+                scope.cancel()
             for conn in list(self._all_connections):
                 await conn.close("host shutting down")
         tg.cancel_scope.cancel()
@@ -199,13 +198,15 @@ class Host:
             raise ValueError(f"cannot listen on {addr}: only /ip4 or /ip6 TCP addresses are supported")
         host, port = endpoint
         listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
-        self._listeners.append(listener)
         for sub in getattr(listener, "listeners", [listener]):
             bound = sub.extra(SocketAttribute.local_address)
             self._listen_addrs.append(tcp_multiaddr(bound[0], bound[1]))
         task_status.started()
         assert self._tg is not None
-        await listener.serve(self._accept, task_group=self._tg)
+        with anyio.CancelScope() as scope:
+            self._listen_scopes.append(scope)
+            async with listener:
+                await listener.serve(self._accept, task_group=self._tg)
 
     async def _accept(self, raw: anyio.abc.SocketStream) -> None:
         remote = raw.extra(SocketAttribute.remote_address)

@@ -154,6 +154,8 @@ class MuxedStream:
             return
         self._write_closed = True
         self.conn.session.close_stream(self.stream_id)
+        if not self.conn.session.has_stream(self.stream_id):
+            self.conn._forget(self.stream_id)  # both sides have now finished
         self.conn.wake_writer()
 
     async def aclose(self) -> None:

@@ -25,10 +25,10 @@ async def select_protocol(stream: Duplex, protocols: Sequence[str]) -> tuple[str
     """Propose `protocols` in order; returns the agreed one and bytes that followed its echo."""
     core = MultistreamInitiator(protocols)
     while True:
+        event = core.next_event()
         out = core.data_to_send()
         if out:
             await stream.send(out)
-        event = core.next_event()
         if isinstance(event, ProtocolAgreed):
             return event.protocol, event.remaining
         if isinstance(event, ProtocolRejected):
@@ -42,13 +42,10 @@ async def handle_protocol(
     """Answer proposals until one is supported; returns it and the pipelined bytes after it."""
     core = MultistreamResponder(supported)
     while True:
+        event = core.next_event()
         out = core.data_to_send()
         if out:
             await stream.send(out)
-        event = core.next_event()
         if isinstance(event, ProtocolAgreed):
-            out = core.data_to_send()
-            if out:
-                await stream.send(out)
             return event.protocol, event.remaining
         core.receive_data(await stream.receive(READ_CHUNK))

@@ -70,14 +70,11 @@ async def secure_inbound(raw: anyio.abc.ByteStream, identity: Ed25519PrivateKey)
 async def _handshake(core: NoiseHandshake, raw: anyio.abc.ByteStream) -> SecureChannel:
     with map_transport_errors("noise handshake"):
         while True:
-            out = core.data_to_send()
+            event = core.next_event()
+            out = core.data_to_send()  # next_event may have written our next message
             if out:
                 await raw.send(out)
-            event = core.next_event()
             if isinstance(event, HandshakeCompleted):
-                out = core.data_to_send()
-                if out:
-                    await raw.send(out)
                 return SecureChannel(
                     raw,
                     event.transport,

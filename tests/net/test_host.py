@@ -13,7 +13,7 @@ from shardroute.errors import DialError, DialPeerMismatch
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
 from shardroute.limits import YAMUX_INITIAL_WINDOW
-from shardroute.net.host import Host
+from shardroute.net.host import Host, HostLimits
 from shardroute.net.muxer import MuxedStream
 from shardroute.protocol.identify import IDENTIFY_PROTOCOL
 
@@ -150,21 +150,31 @@ async def test_slow_reader_makes_the_sender_wait() -> None:
         await a.dial(parse_multiaddr(full_addr(b)))
         stream = await a.new_stream(b.peer_id, [SINK])
         payload = os.urandom(8 * 1024 * 1024)
-        sent = 0
-        # While nobody reads, the sender gets stuck after about one window.
-        with anyio.move_on_after(1.0):
-            for off in range(0, len(payload), 64 * 1024):
-                await stream.send(payload[off : off + 64 * 1024])
-                sent = off + 64 * 1024
-        assert sent <= YAMUX_INITIAL_WINDOW + 64 * 1024
-        assert len(reader_streams) == 1
-        assert len(reader_streams[0]._buffer) <= YAMUX_INITIAL_WINDOW
-        # Once the reader drains, the rest flows.
-        gate.set()
-        with anyio.fail_after(30):
-            await stream.send(payload[sent:])
+        chunk = 64 * 1024
+        progress = {"sent": 0}
+        done = anyio.Event()
+
+        async def sender() -> None:
+            for off in range(0, len(payload), chunk):
+                await stream.send(payload[off : off + chunk])
+                progress["sent"] = off + chunk
             await stream.send_eof()
-            answer = await stream.receive()
+            done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sender)
+            # While nobody reads, the sender gets stuck after about one window.
+            with anyio.move_on_after(1.0):
+                await done.wait()
+            assert not done.is_set()
+            assert progress["sent"] <= YAMUX_INITIAL_WINDOW + chunk
+            assert len(reader_streams) == 1
+            assert len(reader_streams[0]._buffer) <= YAMUX_INITIAL_WINDOW
+            # Once the reader drains, the rest flows.
+            gate.set()
+            with anyio.fail_after(30):
+                await done.wait()
+                answer = await stream.receive()
         assert int(answer) == len(payload)
 
 
@@ -186,7 +196,8 @@ async def test_simultaneous_dials_end_with_one_connection() -> None:
 
 
 async def test_garbage_peer_is_dropped_and_others_still_served() -> None:
-    async with new_host() as b:
+    # A short upgrade timeout so the truncated-handshake case ends quickly.
+    async with new_host(host_limits=HostLimits(upgrade_timeout=2.0)) as b:
         b.set_stream_handler(ECHO, echo_handler)
         fds_before = open_fds()
         port = int(str(b.listen_addrs[0]).rsplit("/", 1)[1])
