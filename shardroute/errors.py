@@ -93,3 +93,11 @@ class InvalidRecord(ShardrouteError):
 
 class KadRequestFailed(ShardrouteError):
     """A DHT request to a peer failed: dial error, reset, timeout, or an unusable reply."""
+
+
+class KadMessageError(RemoteProtocolError):
+    """A DHT message that does not decode, or has an unknown type."""
+
+
+class KadRequestRejected(ShardrouteError):
+    """A DHT request we refuse as go does: the stream is reset, nothing is answered or stored."""

@@ -1,0 +1,183 @@
+"""Kademlia wire messages (libp2p kad-dht, go-libp2p-kad-dht pb/dht.proto) and their limits.
+
+Protobuf objects never leave this module. A Peer entry with an unusable ID is dropped alone, and
+so is an unusable address, as go and rust do: one bad entry never spoils a message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from dataclasses import dataclass, field, replace
+
+from google.protobuf.message import DecodeError
+from multiaddr import Multiaddr
+
+from shardroute import limits
+from shardroute.addrs import multiaddr_to_bytes, sanitize_peer_addrs
+from shardroute.errors import InvalidPeerId, KadMessageError, LocalProtocolError
+from shardroute.identity.peer_id import PeerId
+from shardroute.pb import dht_pb2
+
+# go sends 1; rust 10 or 9. Nobody reads it.
+CLUSTER_LEVEL = 1
+# go truncates closer-peer lists longer than 2k; we drop the rest the same way.
+MAX_CLOSER_PEERS = 2 * limits.KAD_K
+MAX_ADDRS_PER_PEER = 10
+MAX_PROVIDER_PEERS = 200
+
+
+class MessageType(enum.IntEnum):
+    PUT_VALUE = 0
+    GET_VALUE = 1
+    ADD_PROVIDER = 2
+    GET_PROVIDERS = 3
+    FIND_NODE = 4
+    PING = 5
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    peer_id: PeerId
+    addrs: tuple[Multiaddr, ...] = ()
+    connected: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ValueRecord:
+    key: bytes
+    value: bytes
+    time_received: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KadMessage:
+    type: MessageType
+    key: bytes = b""
+    record: ValueRecord | None = None
+    closer_peers: tuple[PeerInfo, ...] = ()
+    provider_peers: tuple[PeerInfo, ...] = ()
+    # How many Peer entries decoding dropped (bad ID), for logs and metrics.
+    dropped_peers: int = field(default=0, compare=False)
+
+
+def _peer_pb(info: PeerInfo, target: dht_pb2.Message.Peer) -> None:
+    target.id = info.peer_id.raw
+    target.addrs.extend(multiaddr_to_bytes(a) for a in info.addrs[:MAX_ADDRS_PER_PEER])
+    target.connection = dht_pb2.Message.CONNECTED if info.connected else dht_pb2.Message.NOT_CONNECTED
+
+
+def encode_message(msg: KadMessage, *, max_size: int = limits.KAD_MAX_MESSAGE) -> bytes:
+    pb = dht_pb2.Message()
+    pb.type = int(msg.type)  # type: ignore[assignment]
+    pb.clusterLevelRaw = CLUSTER_LEVEL
+    if msg.key:
+        pb.key = msg.key
+    if msg.record is not None:
+        pb.record.key = msg.record.key
+        pb.record.value = msg.record.value
+        if msg.record.time_received:
+            pb.record.timeReceived = msg.record.time_received
+    for info in msg.closer_peers:
+        _peer_pb(info, pb.closerPeers.add())
+    for info in msg.provider_peers:
+        _peer_pb(info, pb.providerPeers.add())
+    body = pb.SerializeToString()
+    if len(body) > max_size:
+        raise LocalProtocolError(f"DHT message of {len(body)} bytes exceeds {max_size}")
+    return body
+
+
+def _peers(entries: object, cap: int) -> tuple[tuple[PeerInfo, ...], int]:
+    out: list[PeerInfo] = []
+    dropped = 0
+    for entry in entries:  # type: ignore[attr-defined]
+        if len(out) >= cap:
+            break
+        try:
+            peer = PeerId.from_bytes(entry.id)
+        except InvalidPeerId:
+            dropped += 1
+            continue
+        addrs = tuple(sanitize_peer_addrs(peer, entry.addrs[: MAX_ADDRS_PER_PEER * 4])[:MAX_ADDRS_PER_PEER])
+        out.append(PeerInfo(peer, addrs, entry.connection == dht_pb2.Message.CONNECTED))
+    return tuple(out), dropped
+
+
+def decode_message(body: bytes) -> KadMessage:
+    if len(body) > limits.KAD_MAX_MESSAGE:
+        raise KadMessageError(f"DHT message of {len(body)} bytes exceeds the 4 MiB limit")
+    pb = dht_pb2.Message()
+    try:
+        pb.ParseFromString(body)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise KadMessageError(f"undecodable DHT message: {exc}") from exc
+    try:
+        kind = MessageType(pb.type)
+    except ValueError:
+        raise KadMessageError(f"unknown DHT message type {pb.type}") from None
+    record = None
+    if pb.HasField("record"):
+        record = ValueRecord(pb.record.key, pb.record.value, pb.record.timeReceived)
+    closer, dropped_closer = _peers(pb.closerPeers, MAX_CLOSER_PEERS)
+    providers, dropped_providers = _peers(pb.providerPeers, MAX_PROVIDER_PEERS)
+    return KadMessage(
+        type=kind,
+        key=pb.key,
+        record=record,
+        closer_peers=closer,
+        provider_peers=providers,
+        dropped_peers=dropped_closer + dropped_providers,
+    )
+
+
+def fit_reply(msg: KadMessage, limit: int = limits.KAD_PORTABLE_MESSAGE) -> KadMessage:
+    """Trim a reply until it encodes within `limit` (rust-libp2p reads 16 KiB by default):
+    fewer addresses per peer first, then fewer providers, then fewer closer peers."""
+    if len(encode_message(msg)) <= limit:
+        return msg
+
+    def trim(peers: tuple[PeerInfo, ...], n: int) -> tuple[PeerInfo, ...]:
+        return tuple(replace(p, addrs=p.addrs[:n]) for p in peers)
+
+    msg = replace(msg, closer_peers=trim(msg.closer_peers, 4), provider_peers=trim(msg.provider_peers, 4))
+    while len(encode_message(msg)) > limit and (msg.provider_peers or msg.closer_peers):
+        if len(msg.provider_peers) > len(msg.closer_peers) or not msg.closer_peers:
+            msg = replace(msg, provider_peers=msg.provider_peers[: len(msg.provider_peers) * 3 // 4])
+        else:
+            msg = replace(msg, closer_peers=msg.closer_peers[: len(msg.closer_peers) * 3 // 4])
+    return msg
+
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$"
+)
+
+
+def format_rfc3339(wall: float) -> str:
+    """go's time.RFC3339Nano in UTC: fraction without trailing zeros, omitted when zero."""
+    seconds = int(wall // 1)
+    nanos = round((wall - seconds) * 1e9)
+    if nanos >= 1_000_000_000:
+        seconds, nanos = seconds + 1, 0
+    base = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    fraction = f".{nanos:09d}".rstrip("0") if nanos else ""
+    return f"{base}{fraction}Z"
+
+
+def parse_rfc3339(text: str) -> float | None:
+    m = _RFC3339.match(text.strip())
+    if m is None:
+        return None
+    year, month, day, hour, minute, second, fraction, zone = m.groups()
+    try:
+        if zone in ("Z", "z"):
+            tz = dt.UTC
+        else:
+            sign = 1 if zone[0] == "+" else -1
+            tz = dt.timezone(sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+        moment = dt.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz)
+    except ValueError:
+        return None
+    return moment.timestamp() + (int(fraction.ljust(9, "0")) / 1e9 if fraction else 0.0)
