@@ -12,7 +12,13 @@ import enum
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-from shardroute.errors import LocalProtocolError, MultistreamError, ProtocolNotSupported
+from shardroute.errors import (
+    LocalProtocolError,
+    MessageTooLarge,
+    MultistreamError,
+    ProtocolNotSupported,
+    VarintError,
+)
 from shardroute.limits import MULTISTREAM_MAX_MESSAGE, MULTISTREAM_MAX_PROPOSALS
 from shardroute.protocol.varint import LengthPrefixedReader, frame
 
@@ -61,7 +67,10 @@ class _Lines:
         self._reader.receive_data(data)
 
     def next_line(self) -> str | None:
-        body = self._reader.next_message()
+        try:
+            body = self._reader.next_message()
+        except (MessageTooLarge, VarintError) as exc:
+            raise MultistreamError(f"bad multistream framing: {exc}") from exc
         if body is None:
             return None
         if not body.endswith(b"\n"):
