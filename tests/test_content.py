@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shardroute.content import ContentId
+from shardroute.errors import InvalidCid
+
+HELLO = "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+
+
+def test_hello_world_raw_block() -> None:
+    cid = ContentId.from_shard_hash(bytes.fromhex(HELLO))
+    assert str(cid) == "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
+    assert cid.dht_key.hex() == "1220" + HELLO
+    assert ContentId.parse("zb2rhj7crUKTQYRGCRATFaQ6YFLTde2YzdqbbhAASkL9uRDXn") == cid
+    assert ContentId.parse_cid_or_hash(HELLO) == cid
+    assert ContentId.parse_cid_or_hash(HELLO.upper()) == cid
+
+
+def test_v0_v1_and_codecs_share_a_dht_key() -> None:
+    v1 = ContentId.parse("bafybeihfg3d7rdltd43u3tfvncx7n5loqofbsobojcadtmokrljfthuc7y")
+    v0 = ContentId.parse("QmdmQXB2mzChmMeKY47C43LxUdg1NDJ5MWcKMKxDu7RgQm")
+    raw = ContentId.parse("bafkreihfg3d7rdltd43u3tfvncx7n5loqofbsobojcadtmokrljfthuc7y")
+    assert v1.dht_key == v0.dht_key == raw.dht_key
+    assert str(v0.to_v1()) == str(v1)
+    assert str(v0) == "QmdmQXB2mzChmMeKY47C43LxUdg1NDJ5MWcKMKxDu7RgQm"
+
+
+def test_shard_example_in_every_base() -> None:
+    text = "bafkreidc53xtcjg4a5d2xx7gfsdbjiwxe3fdj6uoi7zh3npawqhh5tahea"
+    cid = ContentId.parse(text)
+    assert cid.shard_hash is not None and cid.shard_hash.hex().startswith("62eeef31")
+    assert ContentId.parse("k2cwueb468l5bcxwedfnm4cwlaqlkfl6et6gz6ftwzfppptsgdallwyo") == cid
+    assert ContentId.parse("B" + text[1:].upper()) == cid
+    assert ContentId.parse("f" + cid.to_bytes().hex()) == cid
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "hello", "bAFKREI", "b" + "a" * 10, "f01551220ab", "zzz0OIl", "ab" * 32 + "0", "f" + "12" + "20" + "00" * 32],
+)
+def test_bad_cids_are_refused(text: str) -> None:
+    with pytest.raises(InvalidCid):
+        ContentId.parse_cid_or_hash(text)
+
+
+def test_wrong_shard_hash_length() -> None:
+    with pytest.raises(InvalidCid):
+        ContentId.from_shard_hash(b"\x00" * 31)
+
+
+@given(st.binary(max_size=80))
+def test_binary_fuzz(data: bytes) -> None:
+    try:
+        ContentId.from_bytes(data)
+    except InvalidCid:
+        pass
+
+
+@given(st.text(max_size=80))
+def test_text_fuzz(text: str) -> None:
+    try:
+        ContentId.parse_cid_or_hash(text)
+    except InvalidCid:
+        pass
