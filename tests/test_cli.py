@@ -1,0 +1,91 @@
+"""`shardroute serve` and `shardroute ping` as real subprocesses on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from shardroute.identity.keys import Ed25519PrivateKey
+from shardroute.identity.peer_id import PeerId
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+@contextmanager
+def serve(data_dir: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shardroute", "serve", "--listen", "/ip4/127.0.0.1/tcp/0",
+         "--listen", "/ip6/::1/tcp/0", "--data-dir", str(data_dir), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline().strip(), proc.stdout.readline().strip()]
+        yield proc, lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_serve_prints_full_addresses_keeps_its_identity_and_stops_on_signals(tmp_path: Path) -> None:
+    with serve(tmp_path) as (proc, lines):
+        assert lines[0].startswith("/ip4/127.0.0.1/tcp/") and "/p2p/12D3KooW" in lines[0]
+        assert lines[1].startswith("/ip6/::1/tcp/")
+        port = int(lines[0].split("/")[4])
+        assert port > 0
+        peer = lines[0].rsplit("/", 1)[1]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    key_file = tmp_path / "identity.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert str(PeerId.from_public_key(Ed25519PrivateKey.from_protobuf(key_file.read_bytes()).public_key)) == peer
+    with serve(tmp_path) as (proc, lines):
+        assert lines[0].endswith(f"/p2p/{peer}")  # same identity after a restart
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+
+
+def run_ping(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shardroute", "ping", *args], capture_output=True, text=True, env=ENV, timeout=60
+    )
+
+
+def test_ping_reports_rtts_and_identify(tmp_path: Path) -> None:
+    with serve(tmp_path) as (_, lines):
+        result = run_ping(lines[0], "--count", "2", "--json")
+        assert result.returncode == 0, result.stderr
+        info = json.loads(result.stdout)
+        assert info["peer_id"] == lines[0].rsplit("/", 1)[1]
+        assert len(info["rtt_ms"]) == 2
+        assert info["agent"].startswith("shardroute/")
+        assert "/ipfs/ping/1.0.0" in info["protocols"]
+        assert any(a.startswith("/ip4/127.0.0.1/tcp/") for a in info["listen_addrs"])
+        human = run_ping(lines[1], "--count", "1")
+        assert human.returncode == 0 and "ping 1:" in human.stdout and "agent:" in human.stdout
+
+
+@pytest.mark.parametrize("wrong", ["peer", "port", "addr"])
+def test_ping_fails_with_a_clear_error(tmp_path: Path, wrong: str) -> None:
+    with serve(tmp_path) as (_, lines):
+        transport, _, peer = lines[0].rpartition("/p2p/")
+        if wrong == "peer":
+            other = PeerId.from_public_key(Ed25519PrivateKey.generate().public_key)
+            result = run_ping(f"{transport}/p2p/{other}")
+            assert str(other) in result.stderr and peer in result.stderr
+        elif wrong == "port":
+            result = run_ping(f"/ip4/127.0.0.1/tcp/1/p2p/{peer}", "--timeout", "3")
+            assert "dial" in result.stderr
+        else:
+            result = run_ping("/ip4/not-an-ip/tcp/1")
+            assert "multiaddr" in result.stderr
+        assert result.returncode != 0
