@@ -19,11 +19,11 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import write_section  # noqa: E402
-from shardroute.addrs import parse_multiaddr, with_p2p  # noqa: E402
-from shardroute.identity.keys import Ed25519PrivateKey  # noqa: E402
-from shardroute.net.host import Host  # noqa: E402
-from shardroute.net.muxer import MuxedStream  # noqa: E402
+from bench.common import write_section
+from shardroute.addrs import parse_multiaddr, with_p2p
+from shardroute.identity.keys import Ed25519PrivateKey
+from shardroute.net.host import Host
+from shardroute.net.muxer import MuxedStream
 
 SINK = "/bench/sink/1.0.0"
 LOOPBACK = parse_multiaddr("/ip4/127.0.0.1/tcp/0")

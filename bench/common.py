@@ -10,7 +10,10 @@ import subprocess
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-HEADER = "# Benchmarks\n\nEvery section is written by the script it names; rerun the script to refresh it.\n"
+HEADER = (
+    "# Benchmarks\n\n"
+    "Every section is written by the script it names; rerun the script to refresh it.\n"
+)
 
 
 def machine() -> str:

@@ -56,7 +56,7 @@ def _components(addr: Multiaddr) -> list[tuple[str, str | None]]:
 
 
 def split_p2p(addr: Multiaddr) -> tuple[Multiaddr, PeerId | None]:
-    """Strip a trailing /p2p/<id> (also written /ipfs/<id>); returns the transport part and the ID."""
+    """Strip a trailing /p2p/<id> (or /ipfs/<id>); returns the transport part and the ID."""
     parts = str(addr).split("/")
     if len(parts) >= 3 and parts[-2] in ("p2p", "ipfs"):
         try:

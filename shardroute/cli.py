@@ -39,11 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     ping = sub.add_parser(
         "ping",
         help="ping any libp2p node",
-        description="Dial a libp2p node from a throwaway identity, ping it and show what identify says.",
+        description="Ping any libp2p node from a throwaway identity; show what identify says.",
     )
-    ping.add_argument("multiaddr", metavar="MULTIADDR", help="the node's address, ideally with /p2p/<id>")
+    ping.add_argument(
+        "multiaddr", metavar="MULTIADDR", help="the node's address, ideally with /p2p/<id>"
+    )
     ping.add_argument("--count", type=int, default=3, metavar="N", help="pings to send (default 3)")
-    ping.add_argument("--timeout", type=float, default=15.0, metavar="S", help="dial timeout in seconds")
+    ping.add_argument(
+        "--timeout", type=float, default=15.0, metavar="S", help="dial timeout in seconds"
+    )
     ping.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -125,9 +129,11 @@ async def _ping(args: argparse.Namespace) -> int:
         else:
             for i, rtt in enumerate(info["rtt_ms"], 1):
                 print(f"ping {i}: {rtt} ms")
-            print(f"peer id:    {info['peer_id']}" + ("" if expected else "  (not pinned by the address)"))
+            print(
+                f"peer id:    {info['peer_id']}"
+                + ("" if expected else "  (not pinned by the address)")
+            )
             print(f"agent:      {info['agent']}")
             print("protocols:  " + ", ".join(info["protocols"]))
             print("listen:     " + ", ".join(info["listen_addrs"]))
     return 0
-

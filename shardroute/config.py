@@ -89,7 +89,9 @@ def _parse_duration(name: str, value: Any, source: str) -> float:
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
-        raise ConfigError(f"{name} ({source}): {value!r} is not a duration like 10, '10s', '5m' or '12h'")
+        raise ConfigError(
+            f"{name} ({source}): {value!r} is not a duration like 10, '10s', '5m' or '12h'"
+        )
     if seconds <= 0:
         raise ConfigError(f"{name} ({source}): must be positive, got {value!r}")
     return seconds

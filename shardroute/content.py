@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shardroute.errors import InvalidCid, VarintError
@@ -45,7 +46,7 @@ def _b64decode(text: str, alphabet: bytes | None) -> bytes:
     return base64.b64decode(padded, altchars=alphabet, validate=True)
 
 
-_MULTIBASE = {
+_MULTIBASE: dict[str, Callable[[str], bytes]] = {
     "b": lambda t: _b32decode(t) if t == t.lower() else _fail("base32 must be lowercase"),
     "B": lambda t: _b32decode(t) if t == t.upper() else _fail("base32upper must be uppercase"),
     "z": b58decode,

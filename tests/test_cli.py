@@ -22,9 +22,23 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 @contextmanager
 def serve(data_dir: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shardroute", "serve", "--listen", "/ip4/127.0.0.1/tcp/0",
-         "--listen", "/ip6/::1/tcp/0", "--data-dir", str(data_dir), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        [
+            sys.executable,
+            "-m",
+            "shardroute",
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--listen",
+            "/ip6/::1/tcp/0",
+            "--data-dir",
+            str(data_dir),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
     )
     try:
         assert proc.stdout is not None
@@ -36,7 +50,9 @@ def serve(data_dir: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], 
         proc.wait(timeout=10)
 
 
-def test_serve_prints_full_addresses_keeps_its_identity_and_stops_on_signals(tmp_path: Path) -> None:
+def test_serve_prints_full_addresses_keeps_its_identity_and_stops_on_signals(
+    tmp_path: Path,
+) -> None:
     with serve(tmp_path) as (proc, lines):
         assert lines[0].startswith("/ip4/127.0.0.1/tcp/") and "/p2p/12D3KooW" in lines[0]
         assert lines[1].startswith("/ip6/::1/tcp/")
@@ -47,7 +63,14 @@ def test_serve_prints_full_addresses_keeps_its_identity_and_stops_on_signals(tmp
         assert proc.wait(timeout=15) == 0
     key_file = tmp_path / "identity.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
-    assert str(PeerId.from_public_key(Ed25519PrivateKey.from_protobuf(key_file.read_bytes()).public_key)) == peer
+    assert (
+        str(
+            PeerId.from_public_key(
+                Ed25519PrivateKey.from_protobuf(key_file.read_bytes()).public_key
+            )
+        )
+        == peer
+    )
     with serve(tmp_path) as (proc, lines):
         assert lines[0].endswith(f"/p2p/{peer}")  # same identity after a restart
         proc.send_signal(signal.SIGINT)
@@ -56,7 +79,11 @@ def test_serve_prints_full_addresses_keeps_its_identity_and_stops_on_signals(tmp
 
 def run_ping(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shardroute", "ping", *args], capture_output=True, text=True, env=ENV, timeout=60
+        [sys.executable, "-m", "shardroute", "ping", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
     )
 
 

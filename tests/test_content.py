@@ -39,7 +39,16 @@ def test_shard_example_in_every_base() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "hello", "bAFKREI", "b" + "a" * 10, "f01551220ab", "zzz0OIl", "ab" * 32 + "0", "f" + "12" + "20" + "00" * 32],
+    [
+        "",
+        "hello",
+        "bAFKREI",
+        "b" + "a" * 10,
+        "f01551220ab",
+        "zzz0OIl",
+        "ab" * 32 + "0",
+        "f" + "12" + "20" + "00" * 32,
+    ],
 )
 def test_bad_cids_are_refused(text: str) -> None:
     with pytest.raises(InvalidCid):

@@ -86,7 +86,10 @@ class PublicKey(abc.ABC):
         return cls(raw)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, PublicKey) and (self.key_type, self.data) == (other.key_type, other.data)
+        return isinstance(other, PublicKey) and (self.key_type, self.data) == (
+            other.key_type,
+            other.data,
+        )
 
     def __hash__(self) -> int:
         return hash((self.key_type, self.data))
@@ -124,7 +127,9 @@ class RsaPublicKey(PublicKey):
         if not isinstance(key, rsa.RSAPublicKey):
             raise InvalidKey("RSA key type with a non-RSA key")
         if not RSA_MIN_BITS <= key.key_size <= RSA_MAX_BITS:
-            raise InvalidKey(f"RSA key of {key.key_size} bits is outside {RSA_MIN_BITS}..{RSA_MAX_BITS}")
+            raise InvalidKey(
+                f"RSA key of {key.key_size} bits is outside {RSA_MIN_BITS}..{RSA_MAX_BITS}"
+            )
         self._key = key
 
     def verify(self, message: bytes, signature: bytes) -> bool:
@@ -188,7 +193,9 @@ class Ed25519PrivateKey:
 
     def __init__(self, key: ed25519.Ed25519PrivateKey) -> None:
         self._key = key
-        raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        raw = key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
         self._public = Ed25519PublicKey(raw)
 
     @classmethod
@@ -207,7 +214,9 @@ class Ed25519PrivateKey:
 
     def seed(self) -> bytes:
         return self._key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
         )
 
     def sign(self, message: bytes) -> bytes:
@@ -230,4 +239,3 @@ class Ed25519PrivateKey:
         if key.public_key.data != raw[32:]:
             raise InvalidKey("Ed25519 private key: stored public half does not match the seed")
         return key
-

@@ -28,7 +28,9 @@ def load_or_create_identity(data_dir: Path) -> Ed25519PrivateKey:
         try:
             return Ed25519PrivateKey.from_protobuf(path.read_bytes())
         except InvalidKey as exc:
-            raise KeystoreError(f"{path} does not hold a usable Ed25519 key ({exc}); not replacing it") from exc
+            raise KeystoreError(
+                f"{path} does not hold a usable Ed25519 key ({exc}); not replacing it"
+            ) from exc
     key = Ed25519PrivateKey.generate()
     tmp = path.with_name(f".{IDENTITY_FILE}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

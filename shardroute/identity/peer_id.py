@@ -31,15 +31,21 @@ class PeerId:
         except VarintError as exc:
             raise InvalidPeerId(f"malformed peer ID multihash: {exc}") from exc
         if len(data) - pos != length:
-            raise InvalidPeerId(f"peer ID multihash declares {length} bytes but has {len(data) - pos}")
+            raise InvalidPeerId(
+                f"peer ID multihash declares {length} bytes but has {len(data) - pos}"
+            )
         if code == IDENTITY_CODE:
             if length > MAX_INLINE_KEY_LENGTH:
-                raise InvalidPeerId(f"identity peer ID of {length} bytes exceeds {MAX_INLINE_KEY_LENGTH}")
+                raise InvalidPeerId(
+                    f"identity peer ID of {length} bytes exceeds {MAX_INLINE_KEY_LENGTH}"
+                )
         elif code == SHA2_256_CODE:
             if length != 32:
                 raise InvalidPeerId(f"sha2-256 peer ID must have a 32-byte digest, not {length}")
         else:
-            raise InvalidPeerId(f"peer ID multihash code {code:#x} is neither identity nor sha2-256")
+            raise InvalidPeerId(
+                f"peer ID multihash code {code:#x} is neither identity nor sha2-256"
+            )
         return cls(bytes(data))
 
     @classmethod
@@ -59,7 +65,9 @@ class PeerId:
                 return cls.from_bytes(b58decode(text))
             except ValueError as exc:
                 raise InvalidPeerId(f"invalid peer ID {text!r}: {exc}") from exc
-        from shardroute.content import ContentId  # CIDs build on peer IDs' neighbours, not vice versa
+        from shardroute.content import (
+            ContentId,
+        )  # CIDs build on peer IDs' neighbours, not vice versa
 
         try:
             cid = ContentId.parse(text)

@@ -130,7 +130,9 @@ class KadHandler:
         stored = 0
         for info in request.provider_peers:
             if info.peer_id != sender:
-                log.info("ADD_PROVIDER from %s names another peer %s: ignored", sender, info.peer_id)
+                log.info(
+                    "ADD_PROVIDER from %s names another peer %s: ignored", sender, info.peer_id
+                )
                 continue
             if not info.addrs:
                 continue
@@ -190,4 +192,8 @@ class KadHandler:
             if better_old:
                 raise KadRequestRejected("PUT_VALUE refused: we hold a better record")
         await self.values.put(request.key, record.value, now)
-        return KadMessage(type=MessageType.PUT_VALUE, key=request.key, record=ValueRecord(record.key, record.value))
+        return KadMessage(
+            type=MessageType.PUT_VALUE,
+            key=request.key,
+            record=ValueRecord(record.key, record.value),
+        )

@@ -65,7 +65,9 @@ class KadMessage:
 def _peer_pb(info: PeerInfo, target: dht_pb2.Message.Peer) -> None:
     target.id = info.peer_id.raw
     target.addrs.extend(multiaddr_to_bytes(a) for a in info.addrs[:MAX_ADDRS_PER_PEER])
-    target.connection = dht_pb2.Message.CONNECTED if info.connected else dht_pb2.Message.NOT_CONNECTED
+    target.connection = (
+        dht_pb2.Message.CONNECTED if info.connected else dht_pb2.Message.NOT_CONNECTED
+    )
 
 
 def encode_message(msg: KadMessage, *, max_size: int = limits.KAD_MAX_MESSAGE) -> bytes:
@@ -100,7 +102,9 @@ def _peers(entries: object, cap: int) -> tuple[tuple[PeerInfo, ...], int]:
         except InvalidPeerId:
             dropped += 1
             continue
-        addrs = tuple(sanitize_peer_addrs(peer, entry.addrs[: MAX_ADDRS_PER_PEER * 4])[:MAX_ADDRS_PER_PEER])
+        addrs = tuple(
+            sanitize_peer_addrs(peer, entry.addrs[: MAX_ADDRS_PER_PEER * 4])[:MAX_ADDRS_PER_PEER]
+        )
         out.append(PeerInfo(peer, addrs, entry.connection == dht_pb2.Message.CONNECTED))
     return tuple(out), dropped
 
@@ -141,10 +145,14 @@ def fit_reply(msg: KadMessage, limit: int = limits.KAD_PORTABLE_MESSAGE) -> KadM
     def trim(peers: tuple[PeerInfo, ...], n: int) -> tuple[PeerInfo, ...]:
         return tuple(replace(p, addrs=p.addrs[:n]) for p in peers)
 
-    msg = replace(msg, closer_peers=trim(msg.closer_peers, 4), provider_peers=trim(msg.provider_peers, 4))
+    msg = replace(
+        msg, closer_peers=trim(msg.closer_peers, 4), provider_peers=trim(msg.provider_peers, 4)
+    )
     while len(encode_message(msg)) > limit and (msg.provider_peers or msg.closer_peers):
         if len(msg.provider_peers) > len(msg.closer_peers) or not msg.closer_peers:
-            msg = replace(msg, provider_peers=msg.provider_peers[: len(msg.provider_peers) * 3 // 4])
+            msg = replace(
+                msg, provider_peers=msg.provider_peers[: len(msg.provider_peers) * 3 // 4]
+            )
         else:
             msg = replace(msg, closer_peers=msg.closer_peers[: len(msg.closer_peers) * 3 // 4])
     return msg
@@ -177,7 +185,9 @@ def parse_rfc3339(text: str) -> float | None:
         else:
             sign = 1 if zone[0] == "+" else -1
             tz = dt.timezone(sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
-        moment = dt.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz)
+        moment = dt.datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz
+        )
     except ValueError:
         return None
     return moment.timestamp() + (int(fraction.ljust(9, "0")) / 1e9 if fraction else 0.0)

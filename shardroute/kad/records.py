@@ -89,7 +89,11 @@ def _parse_ipns(rest: bytes, value: bytes, now: float) -> IpnsEntry:
     except InvalidPeerId as exc:
         raise InvalidRecord(f"IPNS name is not a peer ID: {exc}") from exc
     try:
-        public = PublicKey.from_protobuf(entry.pubKey) if entry.HasField("pubKey") else name.extract_public_key()
+        public = (
+            PublicKey.from_protobuf(entry.pubKey)
+            if entry.HasField("pubKey")
+            else name.extract_public_key()
+        )
     except InvalidKey as exc:
         raise InvalidRecord(f"IPNS public key: {exc}") from exc
     if public is None or not name.matches_public_key(public):
@@ -124,7 +128,13 @@ def _parse_ipns(rest: bytes, value: bytes, now: float) -> IpnsEntry:
     if expiry <= now:
         raise InvalidRecord("IPNS record has expired")
     return IpnsEntry(
-        data["Value"], data["Sequence"], data["Validity"], data["ValidityType"], data["TTL"], True, value
+        data["Value"],
+        data["Sequence"],
+        data["Validity"],
+        data["ValidityType"],
+        data["TTL"],
+        True,
+        value,
     )
 
 
@@ -140,7 +150,7 @@ class IpnsValidator:
         Values that fail to parse lose to any that parse."""
         if not values:
             raise InvalidRecord("no values to select from")
-        _, rest = split_key(key)
+        split_key(key)  # refuses a malformed key
 
         def rank(value: bytes) -> tuple[int, int, float, bytes]:
             entry = ipns_pb2.IpnsEntry()
@@ -148,7 +158,12 @@ class IpnsValidator:
                 entry.ParseFromString(value)
                 data = cbor.decode(entry.data)
                 expiry = parse_rfc3339(data["Validity"].decode()) or 0.0
-                return (1 if entry.HasField("signatureV2") else 0, int(data["Sequence"]), expiry, value)
+                return (
+                    1 if entry.HasField("signatureV2") else 0,
+                    int(data["Sequence"]),
+                    expiry,
+                    value,
+                )
             except (DecodeError, ValueError, KeyError, TypeError, AttributeError, cbor.CborError):
                 return (-1, -1, 0.0, value)
 
@@ -179,11 +194,24 @@ def make_default_validator() -> NamespacedValidator:
 
 
 def build_ipns_record(
-    key: Ed25519PrivateKey, value: bytes, *, sequence: int, expires_at: float, ttl_ns: int = 3_600_000_000_000
+    key: Ed25519PrivateKey,
+    value: bytes,
+    *,
+    sequence: int,
+    expires_at: float,
+    ttl_ns: int = 3_600_000_000_000,
 ) -> tuple[bytes, bytes]:
     """A signed V1+V2 IPNS record for our key: returns (DHT key, record bytes)."""
     validity = format_rfc3339(expires_at).encode()
-    data = cbor.encode({"Value": value, "Validity": validity, "ValidityType": 0, "Sequence": sequence, "TTL": ttl_ns})
+    data = cbor.encode(
+        {
+            "Value": value,
+            "Validity": validity,
+            "ValidityType": 0,
+            "Sequence": sequence,
+            "TTL": ttl_ns,
+        }
+    )
     entry = ipns_pb2.IpnsEntry()
     entry.value = value
     entry.validityType = ipns_pb2.IpnsEntry.EOL
@@ -200,5 +228,3 @@ def build_ipns_record(
 
 def pk_record(key: PublicKey) -> tuple[bytes, bytes]:
     return b"/pk/" + PeerId.from_public_key(key).raw, key.to_protobuf()
-
-

@@ -98,7 +98,9 @@ class MemoryProviderStore:
         providers = self._records.get(key)
         if not providers:
             return []
-        live = [replace(r, addrs=r.live_addrs(now)) for r in providers.values() if r.expires_at > now]
+        live = [
+            replace(r, addrs=r.live_addrs(now)) for r in providers.values() if r.expires_at > now
+        ]
         random.shuffle(live)
         return live[:limit]
 

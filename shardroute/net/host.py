@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from anyio.abc import SocketAttribute
 from multiaddr import Multiaddr
 
@@ -32,7 +33,7 @@ from shardroute.errors import (
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
 from shardroute.net.identify import handle_push, identify_peer, send_identify
-from shardroute.net.muxer import Direction, MuxedConnection, MuxedStream
+from shardroute.net.muxer import Direction, MuxedConnection, MuxedStream, Signal
 from shardroute.net.negotiate import handle_protocol, select_protocol
 from shardroute.net.peerstore import CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, Peerstore
 from shardroute.net.ping import PING_PROTOCOL, handle_ping, ping_round_trips
@@ -93,6 +94,7 @@ class Host:
         self._observed: list[Multiaddr] = []
         self._tg: anyio.abc.TaskGroup | None = None
         self._push_pending = False
+        self._adopted = Signal()
         self.set_stream_handler(IDENTIFY_PROTOCOL, lambda s: send_identify(self, s))
         self.set_stream_handler(IDENTIFY_PUSH_PROTOCOL, lambda s: handle_push(self, s))
         self.set_stream_handler(PING_PROTOCOL, handle_ping)
@@ -177,7 +179,7 @@ class Host:
         self._tg.start_soon(self._push_all)
 
     async def _push_all(self) -> None:
-        await anyio.sleep(0)  # let a burst of handler changes settle into one push
+        await anyio.lowlevel.checkpoint()  # let a burst of handler changes settle into one push
         self._push_pending = False
         for conn in list(self._connections.values()):
             if self._tg is not None:
@@ -195,12 +197,16 @@ class Host:
     async def _listen(self, addr: Multiaddr, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         endpoint = tcp_endpoint(addr)
         if endpoint is None:
-            raise ValueError(f"cannot listen on {addr}: only /ip4 or /ip6 TCP addresses are supported")
+            raise ValueError(
+                f"cannot listen on {addr}: only /ip4 or /ip6 TCP addresses are supported"
+            )
         host, port = endpoint
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+        listener = await anyio.create_tcp_listener(
+            local_host=host, local_port=port, reuse_port=False
+        )
         for sub in getattr(listener, "listeners", [listener]):
             bound = sub.extra(SocketAttribute.local_address)
-            self._listen_addrs.append(tcp_multiaddr(bound[0], bound[1]))
+            self._listen_addrs.append(tcp_multiaddr(str(bound[0]), int(bound[1])))
         task_status.started()
         assert self._tg is not None
         with anyio.CancelScope() as scope:
@@ -210,7 +216,7 @@ class Host:
 
     async def _accept(self, raw: anyio.abc.SocketStream) -> None:
         remote = raw.extra(SocketAttribute.remote_address)
-        remote_addr = tcp_multiaddr(remote[0], remote[1])
+        remote_addr = tcp_multiaddr(str(remote[0]), int(remote[1]))
         if (
             len(self._all_connections) >= self.limits.max_connections
             or self._inbound_pending >= self.limits.max_inbound_pending
@@ -268,7 +274,9 @@ class Host:
         self._dial_errors.pop(peer, None)
         try:
             if addrs:
-                self.peerstore.add_addrs(peer, addrs, RECENTLY_CONNECTED_ADDR_TTL, self.clock.monotonic())
+                self.peerstore.add_addrs(
+                    peer, addrs, RECENTLY_CONNECTED_ADDR_TTL, self.clock.monotonic()
+                )
             candidates = [a for a in (*addrs, *self.peerstore.addrs(peer, self.clock.monotonic()))]
             candidates = [a for a in dict.fromkeys(candidates) if tcp_endpoint(a) is not None]
             if not candidates:
@@ -318,11 +326,15 @@ class Host:
             if isinstance(exc, (TimeoutError, OSError)):
                 raise DialError(f"dial {addr}: handshake failed: {exc or 'timed out'}") from exc
             raise
-        conn = self._make_connection(channel, Direction.OUTBOUND, addr, rest + channel.take_buffered())
+        conn = self._make_connection(
+            channel, Direction.OUTBOUND, addr, rest + channel.take_buffered()
+        )
         started = anyio.Event()
         self._tg.start_soon(self._serve_connection, conn, started)
         await started.wait()
-        self.peerstore.add_addrs(conn.remote_peer, [addr], self.connected_addr_ttl, self.clock.monotonic())
+        self.peerstore.add_addrs(
+            conn.remote_peer, [addr], self.connected_addr_ttl, self.clock.monotonic()
+        )
         return self._connections.get(conn.remote_peer, conn)
 
     # ---------------------------------------------------------------- connections
@@ -344,7 +356,9 @@ class Host:
         )
         return conn
 
-    async def _serve_connection(self, conn: MuxedConnection, started: anyio.Event | None = None) -> None:
+    async def _serve_connection(
+        self, conn: MuxedConnection, started: anyio.Event | None = None
+    ) -> None:
         peer = conn.remote_peer
         self._all_connections.add(conn)
         self._adopt(conn)
@@ -367,7 +381,8 @@ class Host:
             if self._connections.get(peer) is conn:
                 del self._connections[peer]
                 replacement = next(
-                    (c for c in self._all_connections if c.remote_peer == peer and not c.closed), None
+                    (c for c in self._all_connections if c.remote_peer == peer and not c.closed),
+                    None,
                 )
                 if replacement is not None:
                     self._connections[peer] = replacement
@@ -382,13 +397,18 @@ class Host:
         """Keep one connection per peer. When both sides dialed at once, both keep the one
         dialed by the peer with the smaller ID, so the two ends agree without talking."""
         peer = conn.remote_peer
+        self._adopted.fire()
         current = self._connections.get(peer)
         if current is None or current.closed:
             self._connections[peer] = conn
             return
-        keep, drop = (conn, current) if _preferred(conn, self.peer_id) < _preferred(current, self.peer_id) else (
-            current,
-            conn,
+        keep, drop = (
+            (conn, current)
+            if _preferred(conn, self.peer_id) < _preferred(current, self.peer_id)
+            else (
+                current,
+                conn,
+            )
         )
         self._connections[peer] = keep
         drop.draining = True
@@ -412,6 +432,12 @@ class Host:
             if event is not None:
                 event.set()
         self.notify_identified(conn.remote_peer, info, False)
+
+    async def wait_connected(self, peer: PeerId) -> MuxedConnection:
+        """Wait until a connection to `peer` exists (e.g. one the peer is dialing)."""
+        while (conn := self.connection(peer)) is None:
+            await self._adopted.wait()
+        return conn
 
     async def wait_identified(self, peer: PeerId) -> None:
         conn = self._connections.get(peer)

@@ -37,7 +37,14 @@ def our_identify(host: Host, stream: MuxedStream) -> IdentifyInfo:
         agent_version=host.agent_version,
         protocol_version=PROTOCOL_VERSION,
         present=frozenset(
-            {"public_key", "listen_addrs", "observed_addr", "protocols", "agent_version", "protocol_version"}
+            {
+                "public_key",
+                "listen_addrs",
+                "observed_addr",
+                "protocols",
+                "agent_version",
+                "protocol_version",
+            }
         ),
     )
 

@@ -8,7 +8,7 @@ expects. ADD_PROVIDER is never answered and no answer is ever read for it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 from multiaddr import Multiaddr
@@ -56,9 +56,11 @@ class HostKadNetwork:
         try:
             return await self.host.new_stream(peer.peer_id, [self.protocol_id], addrs=peer.addrs)
         except (ShardrouteError, OSError) as exc:
-            raise KadRequestFailed(f"{peer.peer_id}: cannot open a {self.protocol_id} stream: {exc}") from exc
+            raise KadRequestFailed(
+                f"{peer.peer_id}: cannot open a {self.protocol_id} stream: {exc}"
+            ) from exc
 
-    async def request(self, peer: PeerInfo, message: KadMessage, *, timeout: float) -> KadMessage:
+    async def request(self, peer: PeerInfo, message: KadMessage, *, timeout: float) -> KadMessage:  # noqa: ASYNC109
         stream: MuxedStream | None = None
         try:
             with anyio.fail_after(timeout):
@@ -82,7 +84,7 @@ class HostKadNetwork:
                 with anyio.CancelScope(shield=True):
                     await stream.reset()
 
-    async def send(self, peer: PeerInfo, messages: Sequence[KadMessage], *, timeout: float) -> None:
+    async def send(self, peer: PeerInfo, messages: Sequence[KadMessage], *, timeout: float) -> None:  # noqa: ASYNC109
         try:
             with anyio.fail_after(timeout):
                 stream = await self._open(peer)
@@ -101,7 +103,9 @@ class HostKadNetwork:
             raise KadRequestFailed(f"{peer.peer_id}: {type(exc).__name__}: {exc}") from exc
 
 
-async def _read_message(stream: MuxedStream, reader: LengthPrefixedReader | None = None) -> bytes | None:
+async def _read_message(
+    stream: MuxedStream, reader: LengthPrefixedReader | None = None
+) -> bytes | None:
     """One framed message; None on a clean EOF between messages."""
     reader = reader or LengthPrefixedReader(limits.KAD_MAX_MESSAGE)
     while True:
@@ -118,7 +122,7 @@ async def _read_message(stream: MuxedStream, reader: LengthPrefixedReader | None
 
 def make_server_handler(
     handler: KadHandler, *, on_bad_message: BadMessageHook | None = None
-) -> Callable[[MuxedStream], object]:
+) -> Callable[[MuxedStream], Awaitable[None]]:
     """The stream handler the host runs for the DHT protocol in server mode."""
 
     async def serve(stream: MuxedStream) -> None:
@@ -143,7 +147,13 @@ def make_server_handler(
             await stream.reset()
         except TimeoutError:
             await stream.reset()
-        except (ConnectionClosed, StreamReset, DialError, ResourceLimitExceeded, RemoteProtocolError):
+        except (
+            ConnectionClosed,
+            StreamReset,
+            DialError,
+            ResourceLimitExceeded,
+            RemoteProtocolError,
+        ):
             await stream.reset()
 
     return serve

@@ -44,7 +44,7 @@ class Direction(Enum):
     OUTBOUND = "outbound"
 
 
-class _Signal:
+class Signal:
     """A reusable wake-up: `wait()` returns after the next `fire()`."""
 
     __slots__ = ("_event",)
@@ -75,7 +75,7 @@ class MuxedStream:
         self._reset = False
         self._write_closed = False
         self._gone = False
-        self._changed = _Signal()
+        self._changed = Signal()
 
     @property
     def remote_peer(self) -> PeerId:
@@ -210,14 +210,16 @@ class MuxedConnection:
         self.direction = direction
         self.remote_peer: PeerId = channel.remote_peer
         self.remote_addr = remote_addr
-        self.session = YamuxSession(is_client=direction is Direction.OUTBOUND, max_streams=max_streams)
+        self.session = YamuxSession(
+            is_client=direction is Direction.OUTBOUND, max_streams=max_streams
+        )
         self.streams: dict[int, MuxedStream] = {}
         self.closed = False
         self.close_reason: str | None = None
         self._on_stream = on_stream
         self._initial = initial_plaintext
-        self._wake = _Signal()
-        self._pong = _Signal()
+        self._wake = Signal()
+        self._pong = Signal()
         self._last_pong: int | None = None
         self._keepalive_interval = keepalive_interval
         self._ping_timeout = ping_timeout
@@ -228,7 +230,9 @@ class MuxedConnection:
     def wake_writer(self) -> None:
         self._wake.fire()
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Serve the connection until it closes; cancels its stream handlers when it ends."""
         try:
             async with anyio.create_task_group() as tg:
@@ -252,7 +256,7 @@ class MuxedConnection:
             self._done.set()
 
     def spawn(self, fn: Callable[..., object], *args: object) -> None:
-        """Run a stream handler inside this connection's task group (it dies with the connection)."""
+        """Run a stream handler in this connection's task group (it dies with the connection)."""
         if self._tg is None or self.closed:
             raise ConnectionClosed("connection closed")
         self._tg.start_soon(fn, *args)  # type: ignore[arg-type]
@@ -283,7 +287,7 @@ class MuxedConnection:
     async def wait_closed(self) -> None:
         await self._done.wait()
 
-    async def ping(self, timeout: float = limits.YAMUX_PING_TIMEOUT) -> bool:
+    async def ping(self, timeout: float = limits.YAMUX_PING_TIMEOUT) -> bool:  # noqa: ASYNC109
         opaque = self.session.send_ping()
         self.wake_writer()
         with anyio.move_on_after(timeout):

@@ -28,7 +28,12 @@ async def handle_ping(stream: MuxedStream) -> None:
     await stream.aclose()
 
 
-async def ping_round_trips(stream: MuxedStream, count: int, *, timeout: float = PING_TIMEOUT) -> list[float]:
+async def ping_round_trips(
+    stream: MuxedStream,
+    count: int,
+    *,
+    timeout: float = PING_TIMEOUT,  # noqa: ASYNC109
+) -> list[float]:
     """Send `count` pings on an open ping stream; returns each round-trip time in seconds."""
     rtts: list[float] = []
     for _ in range(count):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import anyio
-import anyio.abc
+from typing import Protocol
 
 from shardroute.identity.keys import Ed25519PrivateKey, PublicKey
 from shardroute.identity.peer_id import PeerId
@@ -11,12 +10,20 @@ from shardroute.net.io import READ_CHUNK, map_transport_errors
 from shardroute.protocol.noise import HandshakeCompleted, NoiseHandshake, NoiseTransport
 
 
+class RawStream(Protocol):
+    async def send(self, item: bytes) -> None: ...
+
+    async def receive(self, max_bytes: int = ...) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
 class SecureChannel:
     """A byte stream whose bytes travel in Noise transport frames."""
 
     def __init__(
         self,
-        raw: anyio.abc.ByteStream,
+        raw: RawStream,
         transport: NoiseTransport,
         *,
         remote_peer: PeerId,
@@ -58,16 +65,18 @@ class SecureChannel:
 
 
 async def secure_outbound(
-    raw: anyio.abc.ByteStream, identity: Ed25519PrivateKey, expected_peer: PeerId | None
+    raw: RawStream, identity: Ed25519PrivateKey, expected_peer: PeerId | None
 ) -> SecureChannel:
-    return await _handshake(NoiseHandshake(initiator=True, identity=identity, expected_peer=expected_peer), raw)
+    return await _handshake(
+        NoiseHandshake(initiator=True, identity=identity, expected_peer=expected_peer), raw
+    )
 
 
-async def secure_inbound(raw: anyio.abc.ByteStream, identity: Ed25519PrivateKey) -> SecureChannel:
+async def secure_inbound(raw: RawStream, identity: Ed25519PrivateKey) -> SecureChannel:
     return await _handshake(NoiseHandshake(initiator=False, identity=identity), raw)
 
 
-async def _handshake(core: NoiseHandshake, raw: anyio.abc.ByteStream) -> SecureChannel:
+async def _handshake(core: NoiseHandshake, raw: RawStream) -> SecureChannel:
     with map_transport_errors("noise handshake"):
         while True:
             event = core.next_event()

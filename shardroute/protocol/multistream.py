@@ -125,7 +125,9 @@ class MultistreamInitiator:
                     self.state = InitiatorState.AWAIT_ANSWER
                 elif line == self._proposals[self._index]:
                     self.state = InitiatorState.DONE
-                    self._result = ProtocolAgreed(protocol=line, remaining=self._lines.take_remaining())
+                    self._result = ProtocolAgreed(
+                        protocol=line, remaining=self._lines.take_remaining()
+                    )
                     return self._result
                 elif line == NA:
                     self._index += 1
@@ -202,7 +204,9 @@ class MultistreamResponder:
                 elif line and line != NA and self._supports(line):
                     self._out += encode_line(line)
                     self.state = ResponderState.DONE
-                    self._result = ProtocolAgreed(protocol=line, remaining=self._lines.take_remaining())
+                    self._result = ProtocolAgreed(
+                        protocol=line, remaining=self._lines.take_remaining()
+                    )
                     return self._result
                 else:
                     self._out += encode_line(NA)

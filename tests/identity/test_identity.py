@@ -35,7 +35,10 @@ def test_ed25519_vectors() -> None:
         "1ed1e8fae2c4a144b8be8fd4b47bf3d3b34b871c3cacf6010f0e42d474fce27e"
     )
     peer = PeerId.from_public_key(key.public_key)
-    assert peer.raw.hex() == "0024080112201ed1e8fae2c4a144b8be8fd4b47bf3d3b34b871c3cacf6010f0e42d474fce27e"
+    assert (
+        peer.raw.hex()
+        == "0024080112201ed1e8fae2c4a144b8be8fd4b47bf3d3b34b871c3cacf6010f0e42d474fce27e"
+    )
     assert str(peer) == "12D3KooWBtg3aaRMjxwedh83aGiUkwSxDwUZkzuJcfaqUmo7R3pq"
     assert peer.to_cid() == "bafzaajaiaejcahwr5d5ofrfbis4l5d6uwr57hu5tjodrypfm6yaq6dsc2r2pzyt6"
     assert PeerId.parse(peer.to_cid()) == peer
@@ -48,11 +51,16 @@ def test_ed25519_vectors() -> None:
 
 
 def test_other_key_types_give_the_spec_peer_ids() -> None:
-    assert str(PeerId.from_public_key(PublicKey.from_protobuf(ECDSA_PB))) == "QmVMT29id3TUASyfZZ6k9hmNyc2nYabCo4uMSpDw4zrgDk"
+    assert (
+        str(PeerId.from_public_key(PublicKey.from_protobuf(ECDSA_PB)))
+        == "QmVMT29id3TUASyfZZ6k9hmNyc2nYabCo4uMSpDw4zrgDk"
+    )
     secp = PublicKey.from_protobuf(
         bytes.fromhex("08021221037777e994e452c21604f91de093ce415f5432f701dd8cd1a7a6fea0e630bfca99")
     )
-    assert str(PeerId.from_public_key(secp)) == "16Uiu2HAmLhLvBoYaoZfaMUKuibM6ac163GwKY74c5kiSLg5KvLpY"
+    assert (
+        str(PeerId.from_public_key(secp)) == "16Uiu2HAmLhLvBoYaoZfaMUKuibM6ac163GwKY74c5kiSLg5KvLpY"
+    )
     assert PeerId.parse("12D3KooWLU2znyJMtDiHArqAGbZn8CgUGp92kxDBtefftEEaHSZS").raw.hex() == (
         "0024080112209e3b433cbd31c2b8a6ebbdca998bd0f4c2141c9c9af5422e976051b1e63af14d"
     )
@@ -65,7 +73,9 @@ def test_signatures_verify_for_all_four_types() -> None:
     assert not ed.public_key.verify(message + b"x", ed.sign(message))
 
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    der = rsa_key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = rsa_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     rsa_pub = RsaPublicKey(der)
     sig = rsa_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
     assert rsa_pub.verify(message, sig) and not rsa_pub.verify(b"other", sig)
@@ -75,9 +85,13 @@ def test_signatures_verify_for_all_four_types() -> None:
     for curve, cls in ((ec.SECP256K1(), Secp256k1PublicKey), (ec.SECP256R1(), EcdsaPublicKey)):
         private = ec.generate_private_key(curve)
         if cls is Secp256k1PublicKey:
-            data = private.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
+            data = private.public_key().public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+            )
         else:
-            data = private.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            data = private.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
         public = cls(data)
         sig = private.sign(message, ec.ECDSA(hashes.SHA256()))
         assert public.verify(message, sig) and not public.verify(message, b"\x30\x00")
@@ -85,7 +99,9 @@ def test_signatures_verify_for_all_four_types() -> None:
 
 def test_small_rsa_keys_are_refused() -> None:
     small = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
-    der = small.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = small.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     with pytest.raises(InvalidKey):
         RsaPublicKey(der)
 

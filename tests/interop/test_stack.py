@@ -47,8 +47,7 @@ async def test_peer_dials_shardroute(kind: str) -> None:
         assert len(answer["rtt_ms"]) == 2
         peer_id = PeerId.parse(peer.peer_id)
         with anyio.fail_after(10):
-            while host.connection(peer_id) is None:
-                await anyio.sleep(0.05)
+            await host.wait_connected(peer_id)
             await host.wait_identified(peer_id)
         # peer learned our listen address from our identify answer
         info = await peer.command("peer_info", peer_id=str(host.peer_id))
@@ -69,10 +68,9 @@ async def test_peer_dials_shardroute(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_dialing_with_a_wrong_peer_id_fails_clearly(kind: str) -> None:
-    async with start_peer(kind) as peer:
-        async with Host(Ed25519PrivateKey.generate()) as host:
-            stranger = PeerId.from_public_key(Ed25519PrivateKey.generate().public_key)
-            transport, _ = split_p2p(parse_multiaddr(peer.addrs[0]))
-            with pytest.raises(DialPeerMismatch) as info:
-                await host.dial(with_p2p(transport, stranger))
-            assert peer.peer_id in str(info.value)
+    async with start_peer(kind) as peer, Host(Ed25519PrivateKey.generate()) as host:
+        stranger = PeerId.from_public_key(Ed25519PrivateKey.generate().public_key)
+        transport, _ = split_p2p(parse_multiaddr(peer.addrs[0]))
+        with pytest.raises(DialPeerMismatch) as info:
+            await host.dial(with_p2p(transport, stranger))
+        assert peer.peer_id in str(info.value)

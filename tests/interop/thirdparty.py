@@ -42,7 +42,10 @@ def require(kind: Kind) -> None:
         "js": PEERS / "js" / "node_modules" / "libp2p",
     }[kind]
     if not probe.exists():
-        raise RuntimeError(f"the {kind} interop peer is not installed ({probe} missing): run scripts/install-interop-peers.sh")
+        raise RuntimeError(
+            f"the {kind} interop peer is not installed ({probe} missing): "
+            "run scripts/install-interop-peers.sh"
+        )
 
 
 @dataclass
@@ -60,11 +63,19 @@ class ThirdPartyPeer:
 
     async def __aenter__(self) -> ThirdPartyPeer:
         require(self.kind)
-        cmd = [*_command_line(self.kind), "--listen", "/ip4/127.0.0.1/tcp/0", "--protocol", self.protocol, "--mode", self.mode]
-        log = open(INTEROP / f"{self.kind}-peer-{os.getpid()}.log", "ab") if INTEROP.exists() else None
-        self._process = await anyio.open_process(cmd, stderr=log, start_new_session=True)
-        if log is not None:
-            log.close()
+        cmd = [
+            *_command_line(self.kind),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--protocol",
+            self.protocol,
+            "--mode",
+            self.mode,
+        ]
+        # The peer's own log goes to a file beside the installs, for reading after a failure.
+        log_path = INTEROP / f"{self.kind}-peer-{os.getpid()}.log"
+        with log_path.open("ab") as log:
+            self._process = await anyio.open_process(cmd, stderr=log, start_new_session=True)
         with anyio.fail_after(60):
             self.ready = await self._read_line()
         if self.ready.get("event") != "ready":
@@ -100,7 +111,7 @@ class ThirdPartyPeer:
         line, self._buffer = self._buffer.split(b"\n", 1)
         return dict(json.loads(line))
 
-    async def command(self, name: str, *, timeout: float = 30, **args: Any) -> dict[str, Any]:
+    async def command(self, name: str, *, timeout: float = 30, **args: Any) -> dict[str, Any]:  # noqa: ASYNC109
         assert self._process is not None and self._process.stdin is not None
         async with self._lock:
             request_id = next(self._ids)
@@ -116,5 +127,7 @@ class ThirdPartyPeer:
         return answer
 
 
-def start_peer(kind: Kind, *, protocol: str = "/icn/kad/1.0.0", mode: str = "server") -> ThirdPartyPeer:
+def start_peer(
+    kind: Kind, *, protocol: str = "/icn/kad/1.0.0", mode: str = "server"
+) -> ThirdPartyPeer:
     return ThirdPartyPeer(kind=kind, protocol=protocol, mode=mode)

@@ -201,7 +201,11 @@ async def test_garbage_peer_is_dropped_and_others_still_served() -> None:
         b.set_stream_handler(ECHO, echo_handler)
         fds_before = open_fds()
         port = int(str(b.listen_addrs[0]).rsplit("/", 1)[1])
-        for junk in (b"\x00" * 100, b"\x13/multistream/1.0.0\n\x07/noise\n" + os.urandom(500), os.urandom(3000)):
+        for junk in (
+            b"\x00" * 100,
+            b"\x13/multistream/1.0.0\n\x07/noise\n" + os.urandom(500),
+            os.urandom(3000),
+        ):
             sock = await anyio.connect_tcp("127.0.0.1", port)
             await sock.send(junk)
             with anyio.fail_after(20):

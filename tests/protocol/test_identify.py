@@ -5,7 +5,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardroute.errors import RemoteProtocolError
-from shardroute.protocol.identify import IdentifyError, IdentifyInfo, decode_identify, encode_identify
+from shardroute.protocol.identify import (
+    IdentifyError,
+    IdentifyInfo,
+    decode_identify,
+    encode_identify,
+)
 
 
 def test_round_trip_and_merge_keeps_missing_fields() -> None:
@@ -18,7 +23,11 @@ def test_round_trip_and_merge_keeps_missing_fields() -> None:
     )
     decoded = decode_identify(encode_identify(full))
     assert decoded.protocols == full.protocols and decoded.listen_addrs == full.listen_addrs
-    push = decode_identify(encode_identify(IdentifyInfo(protocols=("/ipfs/id/1.0.0",), present=frozenset({"protocols"}))))
+    push = decode_identify(
+        encode_identify(
+            IdentifyInfo(protocols=("/ipfs/id/1.0.0",), present=frozenset({"protocols"}))
+        )
+    )
     merged = push.merged_over(decoded)
     assert merged.protocols == ("/ipfs/id/1.0.0",)  # the peer left server mode
     assert merged.agent_version == "go-libp2p/0.24" and merged.public_key == b"key"

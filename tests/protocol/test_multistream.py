@@ -120,7 +120,9 @@ def test_responder_fuzz(data: bytes) -> None:
 
 
 @given(st.lists(st.binary(max_size=40), max_size=8), st.data())
-def test_initiator_fuzz_with_mutated_valid_answers(chunks: list[bytes], data: st.DataObject) -> None:
+def test_initiator_fuzz_with_mutated_valid_answers(
+    chunks: list[bytes], data: st.DataObject
+) -> None:
     answer = bytearray(HEADER + NA + NOISE)
     for _ in range(data.draw(st.integers(0, 3))):
         answer[data.draw(st.integers(0, len(answer) - 1))] = data.draw(st.integers(0, 255))

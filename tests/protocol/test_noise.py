@@ -77,18 +77,26 @@ def test_reproduces_the_digest_transcript_byte_for_byte() -> None:
     responder.receive_data(m3)
     done_r = responder.next_event()
     assert isinstance(done_i, HandshakeCompleted) and isinstance(done_r, HandshakeCompleted)
-    assert initiator.handshake_hash.hex() == "2180f23ada911c530abed65fc4483b40c3a740ff7bd84e6872bb9b1988e02a32"
+    assert (
+        initiator.handshake_hash.hex()
+        == "2180f23ada911c530abed65fc4483b40c3a740ff7bd84e6872bb9b1988e02a32"
+    )
     assert str(done_i.remote_peer) == "12D3KooWPqT2nMDSiXUSx5D7fasaxhxKigVhcqfkKqrLghCq9jxz"
     assert str(done_r.remote_peer) == "12D3KooWBtg3aaRMjxwedh83aGiUkwSxDwUZkzuJcfaqUmo7R3pq"
     first_i = done_i.transport.encrypt(b"/multistream/1.0.0\n")
-    assert first_i.hex() == "0023b2c0e4ccb512dffe01480638103ce489a49efef915d23fd0ddecf396508fe98bce8aaa"
+    assert (
+        first_i.hex()
+        == "0023b2c0e4ccb512dffe01480638103ce489a49efef915d23fd0ddecf396508fe98bce8aaa"
+    )
     assert done_r.transport.encrypt(b"abc").hex() == "0013f9991a8fefc79e3947f51fa0d165918d657454"
     done_r.transport.receive_data(first_i)
     assert done_r.transport.decrypt_available() == b"/multistream/1.0.0\n"
 
 
 def fresh(initiator: bool, expected: PeerId | None = None) -> NoiseHandshake:
-    return NoiseHandshake(initiator=initiator, identity=Ed25519PrivateKey.generate(), expected_peer=expected)
+    return NoiseHandshake(
+        initiator=initiator, identity=Ed25519PrivateKey.generate(), expected_peer=expected
+    )
 
 
 def test_large_messages_are_split_into_frames_and_reassembled_from_any_chunking() -> None:

@@ -102,7 +102,15 @@ _TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
 
 
 class _Stream:
-    __slots__ = ("local_fin", "remote_fin", "send_window", "state", "stream_id", "recv_window", "unannounced")
+    __slots__ = (
+        "local_fin",
+        "recv_window",
+        "remote_fin",
+        "send_window",
+        "state",
+        "stream_id",
+        "unannounced",
+    )
 
     def __init__(self, stream_id: int, state: StreamState, window: int) -> None:
         self.stream_id = stream_id
@@ -116,7 +124,9 @@ class _Stream:
     def apply(self, what: StreamInput) -> None:
         nxt = _TRANSITIONS.get((self.state, what))
         if nxt is None:
-            raise LocalProtocolError(f"stream {self.stream_id}: {what.value} in state {self.state.value}")
+            raise LocalProtocolError(
+                f"stream {self.stream_id}: {what.value} in state {self.state.value}"
+            )
         self.state = nxt
 
 
@@ -311,7 +321,8 @@ class YamuxSession:
                 raise self._protocol_error(f"data on stream {stream.stream_id} after its FIN")
             if len(body) > stream.recv_window:
                 raise self._protocol_error(
-                    f"stream {stream.stream_id} sent {len(body)} bytes past a window of {stream.recv_window}"
+                    f"stream {stream.stream_id} sent {len(body)} bytes "
+                    f"past a window of {stream.recv_window}"
                 )
             stream.recv_window -= len(body)
             events.append(DataReceived(stream_id=stream.stream_id, data=body))
@@ -326,7 +337,9 @@ class YamuxSession:
                 self._finish(stream)
                 events.append(StreamClosed(stream_id=stream.stream_id))
 
-    def _accept(self, stream_id: int, existing: _Stream | None, events: list[Event]) -> _Stream | None:
+    def _accept(
+        self, stream_id: int, existing: _Stream | None, events: list[Event]
+    ) -> _Stream | None:
         if existing is not None:
             raise self._protocol_error(f"SYN for existing stream {stream_id}")
         if (stream_id % 2 == 1) == self.is_client:

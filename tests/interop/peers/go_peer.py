@@ -43,7 +43,7 @@ async def sink(stream) -> None:
     total = 0
     try:
         while True:
-            n, data = await stream.read_bytes(1 << 20)
+            n, _ = await stream.read_bytes(1 << 20)
             if n <= 0:
                 break
             total += n
@@ -61,7 +61,13 @@ async def main() -> None:
     args = parser.parse_args()
 
     # The bindings' Yamux option wants the Go string type, which MuxerYamux builds from str.
-    host = Host(ListenAddrStrings(args.listen), DefaultTransports, DefaultSecurity, MuxerYamux(GoString.new("/yamux/1.0.0")), Ping(True))
+    host = Host(
+        ListenAddrStrings(args.listen),
+        DefaultTransports,
+        DefaultSecurity,
+        MuxerYamux(GoString.new("/yamux/1.0.0")),
+        Ping(True),
+    )
     host.set_stream_handler(SINK, sink)
     mode = DhtModeEnum.ModeServer if args.mode == "server" else DhtModeEnum.ModeClient
     dht = await DHT.new(
@@ -92,7 +98,14 @@ async def main() -> None:
             if request.get("cmd") == "stop":
                 break
         except Exception as exc:  # every failure goes back to the test as text
-            reply({"id": rid, "ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-800:]})
+            reply(
+                {
+                    "id": rid,
+                    "ok": False,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "trace": traceback.format_exc()[-800:],
+                }
+            )
     await host.close()
 
 
@@ -106,7 +119,10 @@ async def handle(request: dict, host: Host, dht: DHT, pinger: PingService) -> di
         count = int(request.get("count", 1))
         rtts = []
         # The binding casts its argument to a Go peer.ID, which holds the binary multihash.
-        chan = PingChan(pinger._PING(pinger.handle, GoString.new(Peer.decode(request["peer_id"]).bytes)), loop=pinger.loop)
+        chan = PingChan(
+            pinger._PING(pinger.handle, GoString.new(Peer.decode(request["peer_id"]).bytes)),
+            loop=pinger.loop,
+        )
         async for result in chan:
             if result.error:
                 raise RuntimeError(result.error)
@@ -124,9 +140,16 @@ async def handle(request: dict, host: Host, dht: DHT, pinger: PingService) -> di
         return {}
     if cmd == "find_providers":
         found = await asyncio.wait_for(dht.find_providers(Cid.decode(request["cid"])), timeout)
-        return {"providers": [{"peer_id": str(p._id.string), "addrs": list(p._addrs)} for p in found]}
+        return {
+            "providers": [{"peer_id": str(p._id.string), "addrs": list(p._addrs)} for p in found]
+        }
     if cmd == "put_value":
-        await asyncio.wait_for(dht.put_value(base64.b64decode(request["key_b64"]), base64.b64decode(request["value_b64"])), timeout)
+        await asyncio.wait_for(
+            dht.put_value(
+                base64.b64decode(request["key_b64"]), base64.b64decode(request["value_b64"])
+            ),
+            timeout,
+        )
         return {}
     if cmd == "get_value":
         value = await asyncio.wait_for(dht.get_value(base64.b64decode(request["key_b64"])), timeout)

@@ -11,10 +11,9 @@ import pkgutil
 import sys
 import traceback
 
+import libp2p.kad_dht
 import multiaddr
 import trio
-
-import libp2p.kad_dht
 from libp2p import new_host
 from libp2p.custom_types import TProtocol
 from libp2p.host.ping import PingService
@@ -69,8 +68,14 @@ async def main() -> None:
                         result = await handle(request, host, dht)
                     reply({"id": request.get("id"), "ok": True, **result})
                 except Exception as exc:
-                    reply({"id": request.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}",
-                           "trace": traceback.format_exc()[-800:]})
+                    reply(
+                        {
+                            "id": request.get("id"),
+                            "ok": False,
+                            "error": f"{type(exc).__name__}: {exc}",
+                            "trace": traceback.format_exc()[-800:],
+                        }
+                    )
                 if request.get("cmd") == "stop":
                     break
 
@@ -83,7 +88,9 @@ async def handle(request: dict, host, dht: KadDHT) -> dict:
         await host.connect(info)
         return {}
     if cmd == "ping":
-        rtts = await PingService(host).ping(ID.from_base58(request["peer_id"]), int(request.get("count", 1)))
+        rtts = await PingService(host).ping(
+            ID.from_base58(request["peer_id"]), int(request.get("count", 1))
+        )
         return {"rtt_ms": [r / 1000 for r in rtts]}
     if cmd == "peer_info":
         pid = ID.from_base58(request["peer_id"])
@@ -91,7 +98,11 @@ async def handle(request: dict, host, dht: KadDHT) -> dict:
             agent = store.get(pid, "AgentVersion")
         except Exception:
             agent = None
-        return {"protocols": list(store.get_protocols(pid)), "addrs": [str(a) for a in store.addrs(pid)], "agent": agent}
+        return {
+            "protocols": list(store.get_protocols(pid)),
+            "addrs": [str(a) for a in store.addrs(pid)],
+            "agent": agent,
+        }
     if cmd == "add_peer":
         pid = ID.from_base58(request["peer_id"])
         if request.get("addrs"):
@@ -105,10 +116,20 @@ async def handle(request: dict, host, dht: KadDHT) -> dict:
     if cmd == "provide":
         return {"stored": bool(await dht.provide(request["cid"]))}
     if cmd == "find_providers":
-        found: list[PeerInfo] = await dht.find_providers(request["cid"], int(request.get("count", 20)))
-        return {"providers": [{"peer_id": p.peer_id.to_base58(), "addrs": [str(a) for a in p.addrs]} for p in found]}
+        found: list[PeerInfo] = await dht.find_providers(
+            request["cid"], int(request.get("count", 20))
+        )
+        return {
+            "providers": [
+                {"peer_id": p.peer_id.to_base58(), "addrs": [str(a) for a in p.addrs]}
+                for p in found
+            ]
+        }
     if cmd == "put_value":
-        await dht.put_value(base64.b64decode(request["key_b64"]).decode("latin-1"), base64.b64decode(request["value_b64"]))
+        await dht.put_value(
+            base64.b64decode(request["key_b64"]).decode("latin-1"),
+            base64.b64decode(request["value_b64"]),
+        )
         return {}
     if cmd == "get_value":
         value = await dht.get_value(base64.b64decode(request["key_b64"]).decode("latin-1"))
