@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MULTIADDR",
         help="address to listen on (repeatable; default /ip4/0.0.0.0/tcp/4001)",
     )
+    serve.add_argument(
+        "--bootstrap", action="append", metavar="MULTIADDR", help="peer to join through (repeatable)"
+    )
+    serve.add_argument("--protocol", metavar="ID", help="Kademlia protocol ID (default /icn/kad/1.0.0)")
+    serve.add_argument("--mode", choices=["server", "client"], help="DHT mode (default server)")
     serve.add_argument("--data-dir", metavar="DIR", help="where the node keeps its key and state")
     serve.add_argument("--config", metavar="FILE", type=Path, help="TOML configuration file")
     serve.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
@@ -73,6 +78,12 @@ def _serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.listen:
         overrides["listen"] = args.listen
+    if args.bootstrap:
+        overrides["bootstrap"] = args.bootstrap
+    if args.protocol:
+        overrides["protocol"] = args.protocol
+    if args.mode:
+        overrides["mode"] = args.mode
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
     if args.log_level:

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -34,7 +33,7 @@ from shardroute.clock import Clock
 from shardroute.errors import InvalidRecord, KadRequestFailed, LocalProtocolError
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.diversity import DiversityFilter, drop_overrepresented
-from shardroute.kad.handler import KadHandler
+from shardroute.kad.handler import MAX_PROVIDER_KEY, MAX_VALUE_AGE, KadHandler
 from shardroute.kad.keyspace import Key, xor_distance
 from shardroute.kad.lookup import Lookup
 from shardroute.kad.messages import KadMessage, MessageType, PeerInfo, ValueRecord
@@ -42,6 +41,7 @@ from shardroute.kad.network import KadNetwork
 from shardroute.kad.records import Validator
 from shardroute.kad.routing_table import Admission, RoutingTable
 from shardroute.kad.stores import ProviderRecord, ProviderStore, ValueStore
+from shardroute.obs.logging import log_context
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,23 @@ TEMP_ADDR_TTL = 120.0
 TEMP_ADDR_CAP = 8192
 # Long-lived (table) address entries tolerated before those of departed peers are swept.
 KNOWN_ADDR_FLOOR = 1024
-# Provider keys are multihashes: go rejects longer keys (kad-dht.md §3).
-MAX_PROVIDER_KEY_LEN = 80
 
 # Called with (answering peer, its reply); True ends the lookup (the operation has enough).
 AnswerHook = Callable[[PeerId, KadMessage], bool]
+
+
+class DhtMetrics(Protocol):
+    """What the Dht reports; the composition root adapts `obs.metrics` to it."""
+
+    def lookup_finished(
+        self, op: str, *, duration: float, requests: int, rounds: int, timed_out: bool
+    ) -> None: ...
+
+    def request_finished(self, message_type: str, *, ok: bool) -> None: ...
+
+    def routing_table_size(self, size: int) -> None: ...
+
+    def peer_evicted(self, reason: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,6 +83,8 @@ class DhtConfig:
     # PUT_VALUE / ADD_PROVIDER per peer (go `putOperationTimeout`).
     put_timeout: float = 30.0
     provider_ttl: float = 12 * 3600
+    # How long a server hands out a provider's addresses (None: go's 24 h, capped at the TTL).
+    provider_addr_ttl: float | None = None
     mode: Mode = "server"
     diversity: bool = True
     diversity_exempt_private: bool = True
@@ -79,7 +93,7 @@ class DhtConfig:
     # GET_VALUE: stop after this many valid answers (the local value counts); 0 = whole lookup.
     value_quorum: int = 0
     # Local values older than this are not served or counted (kad-dht.md §3: 48 h).
-    max_value_age: float = 48 * 3600
+    max_value_age: float = MAX_VALUE_AGE
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.alpha < 1 or self.beta < 1:
@@ -95,6 +109,12 @@ class DhtConfig:
 
 @dataclass(frozen=True, slots=True)
 class LookupReport:
+    """What one lookup found and what it cost.
+
+    `rounds` is `Lookup.rounds`: the longest referral chain that led to a request (seeds are
+    round 1). `duration` reads the injected clock's monotonic time.
+    """
+
     peers: list[PeerInfo]  # the k closest peers that answered, nearest first
     requests: int
     rounds: int
@@ -143,15 +163,6 @@ class _Outcome:
     timed_out: bool
 
 
-def _log_context(query_id: str) -> AbstractContextManager[object]:
-    """obs.logging's `log_context` when present, so every line of one lookup carries its id."""
-    try:
-        from shardroute.obs.logging import log_context
-    except ImportError:  # pragma: no cover - the obs module is optional for the kad layer
-        return nullcontext()
-    return log_context(query_id=query_id)
-
-
 async def _exit_unwrapped(
     tg: TaskGroup,
     exc_type: type[BaseException] | None,
@@ -165,6 +176,10 @@ async def _exit_unwrapped(
         if exc is not None and group.exceptions == (exc,):
             raise exc from None
         raise
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) or f"{type(exc).__name__} (timed out)"
 
 
 def _ip_hosts(addrs: Iterable[Multiaddr]) -> list[str]:
@@ -236,7 +251,7 @@ class Dht:
         validator: Validator,
         clock: Clock,
         peer_addrs: Callable[[PeerId], list[Multiaddr]] | None = None,
-        metrics: object | None = None,
+        metrics: DhtMetrics | None = None,
     ) -> None:
         self.network = network
         self.config = config
@@ -271,6 +286,8 @@ class Dht:
             clock=clock,
             k=config.k,
             provider_ttl=config.provider_ttl,
+            provider_addr_ttl=config.provider_addr_ttl,
+            max_value_age=config.max_value_age,
         )
         self._mode: Mode = config.mode
         self._tg: TaskGroup | None = None
@@ -371,7 +388,9 @@ class Dht:
         if not is_server:
             if peer in self.routing_table:
                 log.debug("%s left server mode; removed from the routing table", peer)
+                self._evicted("left_server_mode")
             self.routing_table.remove(peer)  # also from a replacement cache
+            self._table_changed()
             return
         self._addresses.remember(peer, addrs)
         groups = tuple(ip_groups) or self._groups(addrs)
@@ -387,10 +406,14 @@ class Dht:
         backfill = self.routing_table.record_failure(peer, self.clock.monotonic())
         if peer not in self.routing_table:
             log.debug("evicted %s after repeated failures; %s takes its place", peer, backfill)
+            self._evicted("failures")
+            self._table_changed()
 
     def _after_admission(self, peer: PeerId, admission: Admission) -> None:
         if admission in (Admission.ADDED, Admission.UPDATED):
             self._addresses.promote(peer)
+        if admission is Admission.ADDED:
+            self._table_changed()
         # Long-lived addresses of peers that left the table (and its caches) go now and then.
         table = self.routing_table
         if self._addresses.known_count > max(KNOWN_ADDR_FLOOR, 4 * len(table)):
@@ -423,17 +446,38 @@ class Dht:
         else:
             backfill = self.routing_table.evict(oldest)
             log.debug("evicted unresponsive %s; %s takes its place", oldest, backfill)
+            self._evicted("unresponsive")
+            self._table_changed()
+
+    def _table_changed(self) -> None:
+        if self.metrics is not None:
+            self.metrics.routing_table_size(len(self.routing_table))
+
+    def _evicted(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.peer_evicted(reason)
+
+    async def _request(
+        self, peer: PeerId, message: KadMessage, limit: float
+    ) -> KadMessage | None:
+        """One request under `fail_after(limit)`; None when it failed (logged and counted)."""
+        reply: KadMessage | None = None
+        try:
+            with anyio.fail_after(limit):
+                reply = await self.network.request(self._info(peer), message, timeout=limit)
+        except (KadRequestFailed, TimeoutError) as exc:
+            log.debug(
+                "%s %s to %s failed: %s", message.type.name, message.key.hex(), peer, _why(exc)
+            )
+        if self.metrics is not None:
+            self.metrics.request_finished(message.type.name, ok=reply is not None)
+        return reply
 
     async def _ping(self, peer: PeerId) -> bool:
         # PING is deprecated (answer it, never send it); go and js probe with FIND_NODE.
         message = KadMessage(type=MessageType.FIND_NODE, key=self.self_id.raw)
-        timeout = self.config.request_timeout
-        try:
-            with anyio.fail_after(timeout):
-                reply = await self.network.request(self._info(peer), message, timeout=timeout)
-        except (KadRequestFailed, TimeoutError):
-            return False
-        return reply.type is MessageType.FIND_NODE
+        reply = await self._request(peer, message, self.config.request_timeout)
+        return reply is not None and reply.type is MessageType.FIND_NODE
 
     # -- the lookup runner (kad-dht.md §8) ---------------------------------------------------
 
@@ -452,7 +496,7 @@ class Dht:
         )
         query_id = secrets.token_hex(4)
         start = self.clock.monotonic()
-        with _log_context(query_id):
+        with log_context(query_id=query_id):
             if not seeds:
                 log.warning("%s %s: the routing table is empty", op, key.hex())
             timed_out = await self._drive(lookup, message, on_answer)
@@ -466,7 +510,14 @@ class Dht:
                 len(lookup.result()),
                 duration,
                 " (timed out)" if timed_out else "",
-                extra={"query_id": query_id},
+            )
+        if self.metrics is not None:
+            self.metrics.lookup_finished(
+                op,
+                duration=duration,
+                requests=lookup.requests_sent,
+                rounds=lookup.rounds,
+                timed_out=timed_out,
             )
         return _Outcome(lookup=lookup, duration=duration, timed_out=timed_out)
 
@@ -500,14 +551,7 @@ class Dht:
         message: KadMessage,
         results: MemoryObjectSendStream[tuple[PeerId, KadMessage | None]],
     ) -> None:
-        timeout = self.config.request_timeout
-        reply: KadMessage | None
-        try:
-            with anyio.fail_after(timeout):
-                reply = await self.network.request(self._info(peer), message, timeout=timeout)
-        except (KadRequestFailed, TimeoutError) as exc:
-            log.debug("%s %s to %s failed: %s", message.type.name, message.key.hex(), peer, exc)
-            reply = None
+        reply = await self._request(peer, message, self.config.request_timeout)
         await results.send((peer, reply))
 
     def _settle(
@@ -587,9 +631,9 @@ class Dht:
     # -- providers (kad-dht.md §10) --------------------------------------------------------------
 
     def _check_provider_key(self, key: bytes) -> None:
-        if not 1 <= len(key) <= MAX_PROVIDER_KEY_LEN:
+        if not 1 <= len(key) <= MAX_PROVIDER_KEY:
             raise LocalProtocolError(
-                f"a provider key is a multihash of 1…{MAX_PROVIDER_KEY_LEN} bytes, got {len(key)}"
+                f"a provider key is a multihash of 1…{MAX_PROVIDER_KEY} bytes, got {len(key)}"
             )
 
     def _self_provider(self) -> PeerInfo:
@@ -686,10 +730,16 @@ class Dht:
                 with anyio.fail_after(timeout):
                     await self.network.send(self._info(peer), messages, timeout=timeout)
             except (KadRequestFailed, TimeoutError) as exc:
-                log.debug("ADD_PROVIDER to %s failed: %s", peer, exc)
+                log.debug("ADD_PROVIDER to %s failed: %s", peer, _why(exc))
+                ok = False
+            else:
+                ok = True
+                sent.add(peer)
+            if self.metrics is not None:
+                for message in messages:
+                    self.metrics.request_finished(message.type.name, ok=ok)
+            if not ok:
                 self.peer_failed(peer)
-                return
-            sent.add(peer)
 
         async with anyio.create_task_group() as tg:
             for peer, messages in batches.items():
@@ -702,7 +752,7 @@ class Dht:
         count: int,
         *,
         on_report: Callable[[LookupReport], None] | None = None,
-    ) -> AsyncIterator[PeerInfo]:
+    ) -> AsyncGenerator[PeerInfo, None]:
         """Providers of `cid_key`: local records first, then a GET_PROVIDERS lookup.
 
         Yields each provider once, as it arrives, and stops after `count`, cancelling the
@@ -819,17 +869,13 @@ class Dht:
             type=MessageType.PUT_VALUE, key=key, record=ValueRecord(key=key, value=value)
         )
         accepted: set[PeerId] = set()
-        timeout = self.config.put_timeout
 
         async def one(peer: PeerId) -> None:
-            try:
-                with anyio.fail_after(timeout):
-                    reply = await self.network.request(self._info(peer), message, timeout=timeout)
-            except (KadRequestFailed, TimeoutError) as exc:
-                log.debug("PUT_VALUE to %s failed: %s", peer, exc)
-                return
+            reply = await self._request(peer, message, self.config.put_timeout)
+            if reply is None:
+                self.peer_failed(peer)
             # go checks that the answer echoes the value it sent.
-            if reply.record is not None and reply.record.value == value:
+            elif reply.record is not None and reply.record.value == value:
                 accepted.add(peer)
 
         async with anyio.create_task_group() as tg:

@@ -8,14 +8,15 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from types import TracebackType
 
-from shardroute.identity.peer_id import PeerId
-from shardroute.kad.records import make_default_validator
-from shardroute.kad.stores import MemoryProviderStore, MemoryValueStore
+from multiaddr import Multiaddr
 
 from shardroute.clock import FakeClock
-from shardroute.kad.dht import Dht, DhtConfig, Mode
+from shardroute.identity.peer_id import PeerId
+from shardroute.kad.dht import Dht, DhtConfig, DhtMetrics, Mode
 from shardroute.kad.keyspace import Key, closest
 from shardroute.kad.memory_network import MemoryEndpoint, MemoryNetwork
+from shardroute.kad.records import make_default_validator
+from shardroute.kad.stores import MemoryProviderStore, MemoryValueStore
 from tests.kad._dht_records import ipns_record, pk_record
 
 __all__ = ["Cluster", "Node", "ipns_record", "pk_record", "random_peer_id"]
@@ -85,6 +86,7 @@ class Cluster:
         mode: Mode = "server",
         config: DhtConfig | None = None,
         peer_id: PeerId | None = None,
+        metrics: DhtMetrics | None = None,
     ) -> Node:
         peer_id = peer_id or random_peer_id(self.rng)
         endpoint = self.network.add_node(peer_id)
@@ -98,10 +100,11 @@ class Cluster:
             values=values,
             validator=make_default_validator(),
             clock=self.clock,
+            metrics=metrics,
         )
         await self._stack.enter_async_context(dht)
 
-        async def identified(peer: PeerId, addrs: list, serving: bool) -> None:  # type: ignore[type-arg]
+        async def identified(peer: PeerId, addrs: list[Multiaddr], serving: bool) -> None:
             await dht.peer_seen(peer, addrs, is_server=serving)
 
         endpoint.on_connected = identified

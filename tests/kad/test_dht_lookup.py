@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from contextlib import aclosing
 
 import anyio
 import pytest
-from shardroute.kad.messages import MessageType
 
 from shardroute.errors import LocalProtocolError
 from shardroute.kad.dht import DhtConfig, LookupReport
 from shardroute.kad.keyspace import Key
 from shardroute.kad.memory_network import NodeState
+from shardroute.kad.messages import MessageType
+from shardroute.obs.logging import current_context
 from tests.kad._dht_cluster import Cluster
 
 pytestmark = pytest.mark.anyio
@@ -116,7 +118,7 @@ async def test_stopping_at_count_cancels_requests_in_flight() -> None:
         provided = await nodes[0].dht.provide(key)
         holders = {p.peer_id for p in provided.peers}
         finder = next(n for n in nodes[1:] if n.peer_id not in holders)
-        # Every other peer of the finder's first α requests hangs: only a 30 s timeout ends those.
+        # Every other peer of the finder's first requests hangs: only a 30 s timeout ends those.
         first = finder.dht.routing_table.nearest(Key.for_bytes(key), config.alpha)
         hanging = [p for p in first[::2] if p != nodes[0].peer_id]
         assert set(first) - set(hanging) & holders, "someone answering holds the record"
@@ -215,3 +217,43 @@ async def test_provide_many_batches_one_stream_per_peer() -> None:
             finder = nodes[10 + i]
             found = [f async for f in finder.dht.find_providers(key, 1)]
             assert [f.peer_id for f in found] == [nodes[0].peer_id]
+
+
+class _ContextRecorder(logging.Handler):
+    """Records each line's message with the log context current when it was emitted."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[tuple[str, str | None]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.getMessage(), current_context().get("query_id")))
+
+
+async def test_log_lines_of_one_lookup_share_a_query_id() -> None:
+    config = DhtConfig(diversity=False, request_timeout=0.05)
+    async with Cluster(seed=22, config=config) as cluster:
+        nodes = await cluster.build(32)
+        origin = nodes[0]
+        silent = origin.dht.routing_table.peers()[0]
+        cluster.network.set_state(silent, NodeState.UNRESPONSIVE)
+        recorder = _ContextRecorder()
+        logger = logging.getLogger("shardroute.kad.dht")
+        logger.addHandler(recorder)
+        old_level = logger.level
+        logger.setLevel(logging.DEBUG)
+        try:
+            await origin.dht.get_closest_peers(silent.raw)
+            await origin.dht.get_closest_peers(b"another key")
+        finally:
+            logger.removeHandler(recorder)
+            logger.setLevel(old_level)
+        assert all(qid for _, qid in recorder.lines), recorder.lines
+        summaries = [qid for msg, qid in recorder.lines if "requests" in msg and "rounds" in msg]
+        assert len(summaries) == 2 and summaries[0] != summaries[1]
+        # Lines logged in the worker tasks (the failed requests) carry their own lookup's id.
+        first_failure = next(qid for msg, qid in recorder.lines if "failed" in msg)
+        assert first_failure == summaries[0]
+        for (msg, qid), (_, next_qid) in zip(recorder.lines, recorder.lines[1:], strict=False):
+            if "failed" in msg:
+                assert qid == next_qid

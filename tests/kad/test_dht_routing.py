@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from multiaddr import Multiaddr
-from shardroute.identity.peer_id import PeerId
-from shardroute.kad.messages import KadMessage, MessageType, PeerInfo
 
+from shardroute.identity.peer_id import PeerId
 from shardroute.kad.dht import DhtConfig
 from shardroute.kad.keyspace import Key, common_prefix_len
 from shardroute.kad.memory_network import NodeState
+from shardroute.kad.messages import KadMessage, MessageType, PeerInfo
 from tests.kad._dht_cluster import Cluster, Node, random_peer_id
 
 pytestmark = pytest.mark.anyio
@@ -17,7 +19,7 @@ pytestmark = pytest.mark.anyio
 
 async def _bucket0_nodes(cluster: Cluster, center: Node, n: int) -> list[Node]:
     """Server nodes whose ids share no prefix bit with `center` (all land in bucket 0)."""
-    out = []
+    out: list[Node] = []
     own = Key.for_peer(center.peer_id)
     while len(out) < n:
         pid = random_peer_id(cluster.rng)
@@ -206,3 +208,52 @@ async def test_peers_that_answer_a_lookup_are_offered_to_the_table() -> None:
         for peer in answered:
             entry = table.entry(peer)
             assert entry is not None and entry.last_useful is not None
+
+
+class _Metrics:
+    """A DhtMetrics that remembers everything."""
+
+    def __init__(self) -> None:
+        self.lookups: list[tuple[str, int, int, bool]] = []
+        self.requests: Counter[tuple[str, bool]] = Counter()
+        self.sizes: list[int] = []
+        self.evictions: list[str] = []
+
+    def lookup_finished(
+        self, op: str, *, duration: float, requests: int, rounds: int, timed_out: bool
+    ) -> None:
+        self.lookups.append((op, requests, rounds, timed_out))
+
+    def request_finished(self, message_type: str, *, ok: bool) -> None:
+        self.requests[(message_type, ok)] += 1
+
+    def routing_table_size(self, size: int) -> None:
+        self.sizes.append(size)
+
+    def peer_evicted(self, reason: str) -> None:
+        self.evictions.append(reason)
+
+
+async def test_metrics_see_lookups_requests_table_size_and_evictions() -> None:
+    config = DhtConfig(diversity=False, max_failures=1, request_timeout=0.05)
+    async with Cluster(seed=41, config=config) as cluster:
+        nodes = await cluster.build(32)
+        metrics = _Metrics()
+        node = await cluster.add_node(metrics=metrics)
+        await _seen(node, nodes[0])
+        report = await node.dht.get_closest_peers(node.peer_id.raw)
+        await cluster.network.settle()
+        assert metrics.lookups == [("find_node", report.requests, report.rounds, False)]
+        assert metrics.requests == Counter({("FIND_NODE", True): report.requests})
+        assert metrics.sizes[-1] == len(node.dht.routing_table) > 1
+        # A silent table peer fails its first request: one failure evicts it (max_failures=1).
+        victim = node.dht.routing_table.peers()[0]
+        cluster.network.set_state(victim, NodeState.UNRESPONSIVE)
+        await node.dht.get_closest_peers(victim.raw)
+        assert metrics.requests[("FIND_NODE", False)] == 1
+        assert metrics.evictions == ["failures"]
+        assert metrics.sizes[-1] == len(node.dht.routing_table)
+        # A table peer that leaves server mode.
+        leaver = node.dht.routing_table.peers()[0]
+        await node.dht.peer_seen(leaver, [], is_server=False)
+        assert metrics.evictions == ["failures", "left_server_mode"]

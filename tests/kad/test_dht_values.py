@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from shardroute.identity.peer_id import PeerId
-from shardroute.kad.messages import KadMessage, MessageType, ValueRecord
 
 from shardroute.errors import InvalidRecord
+from shardroute.identity.peer_id import PeerId
 from shardroute.kad.keyspace import Key, common_prefix_len
+from shardroute.kad.memory_network import RequestHandler
+from shardroute.kad.messages import KadMessage, MessageType, ValueRecord
 from tests.kad._dht_cluster import Cluster, Node, ipns_record, pk_record, random_peer_id
 
 pytestmark = pytest.mark.anyio
@@ -120,13 +121,13 @@ async def test_worse_record_than_the_local_one_is_refused() -> None:
 class _Liar:
     """Answers GET_VALUE with an invalid record for the key; otherwise behaves like `inner`."""
 
-    def __init__(self, inner: object, bad: bytes) -> None:
+    def __init__(self, inner: RequestHandler, bad: bytes) -> None:
         self.inner = inner
         self.bad = bad
         self.asked = 0
 
     async def handle(self, sender: PeerId, request: KadMessage) -> KadMessage | None:
-        reply = await self.inner.handle(sender, request)  # type: ignore[attr-defined]
+        reply = await self.inner.handle(sender, request)
         if request.type is MessageType.GET_VALUE:
             self.asked += 1
             assert reply is not None

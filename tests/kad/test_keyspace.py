@@ -33,7 +33,8 @@ PEER_KAD_ID = "e43d28f0996557c0d5571d75c62a57a59d7ac1d30a51ecedcdb9d5e4afa56100"
 
 
 def test_worked_kad_id_vector() -> None:
-    peer = PeerId(raw=bytes.fromhex(PEER_BYTES))
+    peer = PeerId.parse("12D3KooWLU2znyJMtDiHArqAGbZn8CgUGp92kxDBtefftEEaHSZS")
+    assert peer.raw.hex() == PEER_BYTES
     assert Key.for_peer(peer).digest.hex() == PEER_KAD_ID
     assert Key.for_bytes(bytes.fromhex(PEER_BYTES)) == Key.for_peer(peer)
     assert str(Key.for_peer(peer)) == PEER_KAD_ID

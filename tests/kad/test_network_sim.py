@@ -8,11 +8,11 @@ import anyio
 import anyio.lowlevel
 import pytest
 from multiaddr import Multiaddr
-from shardroute.identity.peer_id import PeerId
-from shardroute.kad.messages import KadMessage, MessageType, PeerInfo, ValueRecord
 
 from shardroute.errors import KadRequestFailed, KadRequestRejected
+from shardroute.identity.peer_id import PeerId
 from shardroute.kad.memory_network import MemoryNetwork, NodeState
+from shardroute.kad.messages import KadMessage, MessageType, PeerInfo, ValueRecord
 from tests.kad._dht_cluster import random_peer_id
 
 pytestmark = pytest.mark.anyio

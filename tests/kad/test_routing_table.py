@@ -9,6 +9,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.diversity import DiversityFilter
 from shardroute.kad.keyspace import Key, common_prefix_len, random_key_in_bucket
@@ -396,6 +397,17 @@ def test_restore_keeps_order_and_applies_the_rules() -> None:
     # Ourselves in a snapshot (a changed identity on disk) is skipped.
     mine = RoutingTable.restore(peers[0], saved)
     assert peers[0] not in mine and len(mine) == 3
+
+
+def test_real_peer_ids() -> None:
+    me = PeerId.from_public_key(Ed25519PrivateKey.generate().public_key)
+    others = [PeerId.from_public_key(Ed25519PrivateKey.generate().public_key) for _ in range(60)]
+    table = RoutingTable(me, k=5)
+    for t, peer in enumerate(others):
+        table.observe(peer, float(t))
+    target = Key.for_peer(others[0])
+    assert table.nearest(target, 5) == brute_nearest(target, table.peers(), 5)
+    assert table.observe(me, 99.0).admission is Admission.REJECTED_SELF
 
 
 @pytest.mark.parametrize("kwargs", [{"k": 0}, {"max_failures": 0}, {"replacement_cache_size": -1}])
