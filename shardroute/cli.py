@@ -32,9 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (repeatable; default /ip4/0.0.0.0/tcp/4001)",
     )
     serve.add_argument(
-        "--bootstrap", action="append", metavar="MULTIADDR", help="peer to join through (repeatable)"
+        "--bootstrap",
+        action="append",
+        metavar="MULTIADDR",
+        help="peer to join through (repeatable)",
     )
-    serve.add_argument("--protocol", metavar="ID", help="Kademlia protocol ID (default /icn/kad/1.0.0)")
+    serve.add_argument(
+        "--protocol", metavar="ID", help="Kademlia protocol ID (default /icn/kad/1.0.0)"
+    )
     serve.add_argument("--mode", choices=["server", "client"], help="DHT mode (default server)")
     serve.add_argument("--data-dir", metavar="DIR", help="where the node keeps its key and state")
     serve.add_argument("--config", metavar="FILE", type=Path, help="TOML configuration file")
