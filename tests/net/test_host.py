@@ -230,3 +230,28 @@ async def test_shutdown_leaks_no_sockets() -> None:
         await a.dial(parse_multiaddr(full_addr(b)))
         await a.ping(b.peer_id, 1)
     assert open_fds() == before
+
+
+async def test_identify_push_tells_connected_peers_about_new_and_removed_protocols() -> None:
+    async with new_host() as a, new_host() as b:
+        await a.dial(parse_multiaddr(full_addr(b)))
+        await a.wait_identified(b.peer_id)
+        seen: list[tuple[frozenset[str], bool]] = []
+        changed = anyio.Event()
+
+        def on_identified(peer: PeerId, info: object, pushed: bool) -> None:
+            seen.append((a.peerstore.protocols(peer), pushed))
+            changed.set()
+
+        a.on_identified(on_identified)
+        assert ECHO not in a.peerstore.protocols(b.peer_id)
+        b.set_stream_handler(ECHO, echo_handler)
+        with anyio.fail_after(5):
+            await changed.wait()
+        assert seen[-1] == (a.peerstore.protocols(b.peer_id), True)
+        assert ECHO in a.peerstore.protocols(b.peer_id)
+        changed = anyio.Event()
+        b.remove_stream_handler(ECHO)
+        with anyio.fail_after(5):
+            await changed.wait()
+        assert ECHO not in a.peerstore.protocols(b.peer_id)

@@ -1,0 +1,51 @@
+"""Nodes (host + DHT) over loopback: modes, identify push and the routing table."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import anyio
+import pytest
+
+from shardroute.addrs import with_p2p
+from shardroute.config import Settings
+from shardroute.identity.keys import Ed25519PrivateKey
+from shardroute.node import Node
+
+pytestmark = pytest.mark.anyio
+
+SETTINGS = dataclasses.replace(Settings(), listen=("/ip4/127.0.0.1/tcp/0",), diversity_filter=False)
+
+
+def node(mode: str = "server") -> Node:
+    return Node(dataclasses.replace(SETTINGS, mode=mode), Ed25519PrivateKey.generate())  # type: ignore[arg-type]
+
+
+async def test_client_mode_neither_advertises_nor_answers_but_can_query() -> None:
+    async with node() as server, node("client") as client:
+        await client.connect(with_p2p(server.host.listen_addrs[0], server.peer_id))
+        with anyio.fail_after(5):
+            await server.host.wait_identified(client.peer_id)
+        assert "/icn/kad/1.0.0" not in server.host.peerstore.protocols(client.peer_id)
+        assert client.peer_id not in server.dht.routing_table
+        assert server.peer_id in client.dht.routing_table  # a client still uses servers
+        report = await client.dht.get_closest_peers(b"any key")
+        assert [p.peer_id for p in report.peers] == [server.peer_id]
+
+
+async def test_switching_to_server_mode_is_pushed_and_admits_the_peer() -> None:
+    async with node() as server, node("client") as client:
+        await client.connect(with_p2p(server.host.listen_addrs[0], server.peer_id))
+        with anyio.fail_after(5):
+            await server.host.wait_identified(client.peer_id)
+        joined = anyio.Event()
+        server.host.on_identified(lambda peer, info, pushed: joined.set() if pushed else None)
+        client.set_mode("server")
+        with anyio.fail_after(5):
+            await joined.wait()
+            while client.peer_id not in server.dht.routing_table:
+                await anyio.sleep(0.01)  # the admission runs in the node's task group
+        client.set_mode("client")
+        with anyio.fail_after(5):
+            while client.peer_id in server.dht.routing_table:
+                await anyio.sleep(0.01)
