@@ -44,8 +44,8 @@ async def test_switching_to_server_mode_is_pushed_and_admits_the_peer() -> None:
         with anyio.fail_after(5):
             await joined.wait()
             while client.peer_id not in server.dht.routing_table:
-                await anyio.sleep(0.01)  # the admission runs in the node's task group
+                await server.dht.table_changed.wait()  # admission runs in the node's task group
         client.set_mode("client")
         with anyio.fail_after(5):
             while client.peer_id in server.dht.routing_table:
-                await anyio.sleep(0.01)
+                await server.dht.table_changed.wait()

@@ -42,6 +42,7 @@ from shardroute.kad.records import Validator
 from shardroute.kad.routing_table import Admission, RoutingTable
 from shardroute.kad.stores import ProviderRecord, ProviderStore, ValueStore
 from shardroute.obs.logging import log_context
+from shardroute.wakeup import Signal
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +293,8 @@ class Dht:
         self._mode: Mode = config.mode
         self._tg: TaskGroup | None = None
         self._probing: set[PeerId] = set()
+        # Fired on every admission and eviction, for whoever waits on the table.
+        self.table_changed = Signal()
 
     async def __aenter__(self) -> Dht:
         tg = anyio.create_task_group()
@@ -344,9 +347,7 @@ class Dht:
     def _info(self, peer: PeerId) -> PeerInfo:
         return PeerInfo(peer_id=peer, addrs=self.addrs_of(peer))
 
-    def _closest_infos(
-        self, key: bytes, count: int, exclude: Collection[PeerId]
-    ) -> list[PeerInfo]:
+    def _closest_infos(self, key: bytes, count: int, exclude: Collection[PeerId]) -> list[PeerInfo]:
         """For the handler: up to `count` table peers nearest `key`, those we have addresses for."""
         target = Key.for_bytes(key)
         exclude = {*exclude, self.self_id}
@@ -450,6 +451,7 @@ class Dht:
             self._table_changed()
 
     def _table_changed(self) -> None:
+        self.table_changed.fire()
         if self.metrics is not None:
             self.metrics.routing_table_size(len(self.routing_table))
 
@@ -457,9 +459,7 @@ class Dht:
         if self.metrics is not None:
             self.metrics.peer_evicted(reason)
 
-    async def _request(
-        self, peer: PeerId, message: KadMessage, limit: float
-    ) -> KadMessage | None:
+    async def _request(self, peer: PeerId, message: KadMessage, limit: float) -> KadMessage | None:
         """One request under `fail_after(limit)`; None when it failed (logged and counted)."""
         reply: KadMessage | None = None
         try:
@@ -905,8 +905,14 @@ class Dht:
         responses = 1 if local is not None else 0
         if quorum and responses >= quorum:
             return ValueReport(
-                key=key, value=local, responses=responses, corrected=0, requests=0, rounds=0,
-                duration=self.clock.monotonic() - start, timed_out=False,
+                key=key,
+                value=local,
+                responses=responses,
+                corrected=0,
+                requests=0,
+                rounds=0,
+                duration=self.clock.monotonic() - start,
+                timed_out=False,
             )
 
         def on_answer(sender: PeerId, reply: KadMessage) -> bool:

@@ -33,12 +33,13 @@ from shardroute.errors import (
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
 from shardroute.net.identify import handle_push, identify_peer, send_identify
-from shardroute.net.muxer import Direction, MuxedConnection, MuxedStream, Signal
+from shardroute.net.muxer import Direction, MuxedConnection, MuxedStream
 from shardroute.net.negotiate import handle_protocol, select_protocol
 from shardroute.net.peerstore import CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, Peerstore
 from shardroute.net.ping import PING_PROTOCOL, handle_ping, ping_round_trips
 from shardroute.net.secure import SecureChannel, secure_inbound, secure_outbound
 from shardroute.protocol.identify import IDENTIFY_PROTOCOL, IDENTIFY_PUSH_PROTOCOL, IdentifyInfo
+from shardroute.wakeup import Signal
 
 log = logging.getLogger(__name__)
 

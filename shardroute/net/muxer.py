@@ -35,6 +35,7 @@ from shardroute.protocol.yamux import (
     YamuxSession,
 )
 from shardroute.protocol.yamux import StreamReset as StreamResetEvent
+from shardroute.wakeup import Signal
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +43,6 @@ log = logging.getLogger(__name__)
 class Direction(Enum):
     INBOUND = "inbound"
     OUTBOUND = "outbound"
-
-
-class Signal:
-    """A reusable wake-up: `wait()` returns after the next `fire()`."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event = anyio.Event()
-
-    def fire(self) -> None:
-        self._event.set()
-        self._event = anyio.Event()
-
-    async def wait(self) -> None:
-        await self._event.wait()
 
 
 class MuxedStream:
