@@ -25,6 +25,7 @@ from shardroute.kad.records import make_default_validator
 from shardroute.kad.stores import MemoryProviderStore, MemoryValueStore, ProviderStore, ValueStore
 from shardroute.net.host import Host, HostLimits
 from shardroute.net.kad_streams import HostKadNetwork, make_server_handler
+from shardroute.obs.metrics import DhtMetricsAdapter, Metrics
 from shardroute.protocol.identify import IdentifyInfo
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,13 @@ class Node:
         identity: Ed25519PrivateKey,
         *,
         clock: Clock | None = None,
+        metrics: Metrics | None = None,
         providers: ProviderStore | None = None,
         values: ValueStore | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
+        self.metrics = metrics or Metrics()
         self.host = Host(
             identity,
             listen_addrs=[parse_multiaddr(a) for a in settings.listen],
@@ -77,8 +80,9 @@ class Node:
             validator=make_default_validator(),
             clock=self.clock,
             peer_addrs=lambda peer: self.host.peerstore.addrs(peer, self.clock.monotonic()),
+            metrics=DhtMetricsAdapter(self.metrics),
         )
-        self._server_handler = make_server_handler(self.dht.handler)
+        self._server_handler = make_server_handler(self.dht.handler, metrics=self.metrics)
         self._tg: anyio.abc.TaskGroup | None = None
 
     @property

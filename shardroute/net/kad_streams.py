@@ -26,19 +26,17 @@ from shardroute.errors import (
     ShardrouteError,
     StreamReset,
 )
-from shardroute.identity.peer_id import PeerId
 from shardroute.kad.handler import KadHandler
 from shardroute.kad.messages import KadMessage, PeerInfo, decode_message, encode_message
 from shardroute.net.host import Host
 from shardroute.net.muxer import MuxedStream
+from shardroute.obs.metrics import Metrics
 from shardroute.protocol.varint import LengthPrefixedReader, frame
 
 log = logging.getLogger(__name__)
 
 # go resets an inbound DHT stream after a minute without a request.
 INBOUND_IDLE_TIMEOUT = 60.0
-
-BadMessageHook = Callable[[PeerId, str], None]
 
 
 class HostKadNetwork:
@@ -121,7 +119,7 @@ async def _read_message(
 
 
 def make_server_handler(
-    handler: KadHandler, *, on_bad_message: BadMessageHook | None = None
+    handler: KadHandler, *, metrics: Metrics | None = None
 ) -> Callable[[MuxedStream], Awaitable[None]]:
     """The stream handler the host runs for the DHT protocol in server mode."""
 
@@ -136,14 +134,33 @@ def make_server_handler(
                     await stream.aclose()
                     return
                 request = decode_message(body)
-                reply = await handler.handle(sender, request)
+                if request.dropped_peers:
+                    log.info("%s sent %d unusable peer entries", sender, request.dropped_peers)
+                    if metrics is not None:
+                        metrics.bad_messages_total.labels("bad_peer_entry").inc(
+                            request.dropped_peers
+                        )
+                try:
+                    reply = await handler.handle(sender, request)
+                except KadRequestRejected:
+                    if metrics is not None:
+                        metrics.dht_requests_received_total.labels(
+                            request.type.name, "rejected"
+                        ).inc()
+                    raise
+                if metrics is not None:
+                    metrics.dht_requests_received_total.labels(request.type.name, "ok").inc()
                 if reply is not None:
                     await stream.send(frame(encode_message(reply)))
         except (KadMessageError, MessageTooLarge, KadRequestRejected) as exc:
-            reason = type(exc).__name__
+            reason = {
+                KadMessageError: "undecodable",
+                MessageTooLarge: "too_large",
+                KadRequestRejected: "rejected",
+            }[type(exc)]
             log.info("refusing DHT request from %s: %s", sender, exc)
-            if on_bad_message is not None:
-                on_bad_message(sender, reason)
+            if metrics is not None:
+                metrics.bad_messages_total.labels(reason).inc()
             await stream.reset()
         except TimeoutError:
             await stream.reset()

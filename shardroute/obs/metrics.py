@@ -1,0 +1,131 @@
+"""Every Prometheus metric, defined once, on an injectable registry (tests pass a fresh one).
+
+Names follow Prometheus conventions: `shardroute_` prefix, base units as suffixes, `_total`
+for counters. `DhtMetricsAdapter` is what the DHT reports through.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.routing_table_peers = Gauge(
+            "shardroute_routing_table_peers", "Peers in the Kademlia routing table.", registry=r
+        )
+        self.lookup_duration_seconds = Histogram(
+            "shardroute_lookup_duration_seconds",
+            "Duration of DHT lookups by operation.",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lookups_total = Counter(
+            "shardroute_lookups_total",
+            "DHT lookups by operation and outcome.",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.lookup_requests = Histogram(
+            "shardroute_lookup_requests",
+            "Requests sent per lookup.",
+            ["operation"],
+            buckets=(1, 3, 5, 10, 20, 30, 50, 100, 200),
+            registry=r,
+        )
+        self.query_timeouts_total = Counter(
+            "shardroute_query_timeouts_total",
+            "Lookups that hit the query timeout.",
+            ["operation"],
+            registry=r,
+        )
+        self.dht_requests_sent_total = Counter(
+            "shardroute_dht_requests_sent_total",
+            "DHT requests sent by type and result.",
+            ["type", "result"],
+            registry=r,
+        )
+        self.dht_requests_received_total = Counter(
+            "shardroute_dht_requests_received_total",
+            "DHT requests received by type and result.",
+            ["type", "result"],
+            registry=r,
+        )
+        self.bad_messages_total = Counter(
+            "shardroute_bad_messages_total",
+            "Refused inbound messages by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.evictions_total = Counter(
+            "shardroute_routing_table_evictions_total",
+            "Peers evicted from the routing table by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.provider_records_stored = Gauge(
+            "shardroute_provider_records_stored",
+            "Provider records this node stores for others.",
+            registry=r,
+        )
+        self.provider_records_announced = Gauge(
+            "shardroute_provider_records_announced", "Shards this node announces.", registry=r
+        )
+        self.connections = Gauge(
+            "shardroute_connections",
+            "Open libp2p connections by direction.",
+            ["direction"],
+            registry=r,
+        )
+        self.streams = Gauge("shardroute_streams", "Open Yamux streams.", registry=r)
+        self.handshake_failures_total = Counter(
+            "shardroute_handshake_failures_total",
+            "Connection upgrades that failed, by reason.",
+            ["reason"],
+            registry=r,
+        )
+
+
+class DhtMetricsAdapter:
+    """The `DhtMetrics` protocol of shardroute.kad.dht on top of `Metrics`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def lookup_finished(
+        self, op: str, *, duration: float, requests: int, rounds: int, timed_out: bool
+    ) -> None:
+        self.m.lookup_duration_seconds.labels(op).observe(duration)
+        self.m.lookup_requests.labels(op).observe(requests)
+        self.m.lookups_total.labels(op, "timeout" if timed_out else "ok").inc()
+        if timed_out:
+            self.m.query_timeouts_total.labels(op).inc()
+
+    def request_finished(self, message_type: str, *, ok: bool) -> None:
+        self.m.dht_requests_sent_total.labels(message_type, "ok" if ok else "error").inc()
+
+    def routing_table_size(self, size: int) -> None:
+        self.m.routing_table_peers.set(size)
+
+    def peer_evicted(self, reason: str) -> None:
+        self.m.evictions_total.labels(reason).inc()
