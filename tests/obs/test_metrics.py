@@ -14,11 +14,23 @@ def test_names_follow_conventions_and_the_adapter_records() -> None:
     adapter.request_finished("FIND_NODE", ok=False)
     adapter.routing_table_size(17)
     adapter.peer_evicted("failures")
-    families = {f.name: f for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
+    families = {
+        f.name: f
+        for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+    }
     assert all(name.startswith("shardroute_") for name in families)
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
     assert samples[("shardroute_routing_table_peers", ())] == 17
     assert samples[("shardroute_query_timeouts_total", (("operation", "get_providers"),))] == 1
     assert samples[("shardroute_lookups_total", (("operation", "provide"), ("outcome", "ok")))] == 1
-    assert samples[("shardroute_dht_requests_sent_total", (("result", "error"), ("type", "FIND_NODE")))] == 1
+    assert (
+        samples[
+            ("shardroute_dht_requests_sent_total", (("result", "error"), ("type", "FIND_NODE")))
+        ]
+        == 1
+    )
     assert samples[("shardroute_routing_table_evictions_total", (("reason", "failures"),))] == 1
