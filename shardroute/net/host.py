@@ -33,6 +33,7 @@ from shardroute.errors import (
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
 from shardroute.net.identify import handle_push, identify_peer, send_identify
+from shardroute.net.io import TRANSPORT_ERRORS
 from shardroute.net.muxer import Direction, MuxedConnection, MuxedStream
 from shardroute.net.negotiate import handle_protocol, select_protocol
 from shardroute.net.peerstore import CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, Peerstore
@@ -229,8 +230,8 @@ class Host:
         try:
             with anyio.fail_after(self.limits.upgrade_timeout):
                 channel, plaintext = await self._upgrade_inbound(raw)
-        except (ShardrouteError, TimeoutError, OSError) as exc:
-            log.info("inbound connection from %s failed to upgrade: %s", remote_addr, exc)
+        except (ShardrouteError, TimeoutError, *TRANSPORT_ERRORS) as exc:
+            log.info("inbound connection from %s failed to upgrade: %r", remote_addr, exc)
             await raw.aclose()
             return
         finally:
@@ -324,8 +325,9 @@ class Host:
                 raise DialPeerMismatch(f"dial {addr}: {exc}") from exc
             if isinstance(exc, ShardrouteError):
                 raise DialError(f"dial {addr}: handshake failed: {exc}") from exc
-            if isinstance(exc, (TimeoutError, OSError)):
-                raise DialError(f"dial {addr}: handshake failed: {exc or 'timed out'}") from exc
+            if isinstance(exc, (TimeoutError, *TRANSPORT_ERRORS)):
+                reason = str(exc) or type(exc).__name__
+                raise DialError(f"dial {addr}: handshake failed: {reason}") from exc
             raise
         conn = self._make_connection(
             channel, Direction.OUTBOUND, addr, rest + channel.take_buffered()

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from shardroute.addrs import parse_multiaddr, with_p2p
-from shardroute.errors import DialError, DialPeerMismatch
+from shardroute.errors import DialError, DialPeerMismatch, StreamReset
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
 from shardroute.limits import YAMUX_INITIAL_WINDOW
@@ -255,3 +255,36 @@ async def test_identify_push_tells_connected_peers_about_new_and_removed_protoco
         with anyio.fail_after(5):
             await changed.wait()
         assert ECHO not in a.peerstore.protocols(b.peer_id)
+
+
+async def test_connection_limit_refuses_extra_peers_and_keeps_serving() -> None:
+    async with new_host(host_limits=HostLimits(max_connections=1)) as b:
+        b.set_stream_handler(ECHO, echo_handler)
+        async with new_host() as a1, new_host() as a2:
+            await a1.dial(parse_multiaddr(full_addr(b)))
+            with pytest.raises(DialError):
+                await a2.dial(parse_multiaddr(full_addr(b)))
+            stream = await a1.new_stream(b.peer_id, [ECHO])
+            await stream.send(b"ok")
+            assert await stream.receive() == b"ok"
+            assert b.connection_count == 1
+
+
+async def test_stream_cap_per_connection() -> None:
+    async with new_host(host_limits=HostLimits(max_streams_per_connection=4)) as b:
+        gate = anyio.Event()
+
+        async def hold(stream: MuxedStream) -> None:
+            await gate.wait()
+            await stream.aclose()
+
+        b.set_stream_handler(ECHO, hold)
+        async with new_host() as a:
+            await a.dial(parse_multiaddr(full_addr(b)))
+            await a.wait_identified(b.peer_id)
+            opened = [await a.new_stream(b.peer_id, [ECHO]) for _ in range(4)]
+            with pytest.raises(StreamReset):  # the fifth is refused by the listener alone
+                extra = await a.new_stream(b.peer_id, [ECHO])
+                await extra.receive()
+            gate.set()
+            assert len(opened) == 4 and a.connection(b.peer_id) is not None
