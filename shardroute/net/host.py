@@ -45,6 +45,8 @@ from shardroute.wakeup import Signal
 log = logging.getLogger(__name__)
 
 NOISE_PROTOCOL = "/noise"
+# What may end an inbound upgrade: it ends that connection only.
+UPGRADE_ERRORS: tuple[type[BaseException], ...] = (ShardrouteError, TimeoutError, *TRANSPORT_ERRORS)
 YAMUX_PROTOCOL = "/yamux/1.0.0"
 # A connection that lost the simultaneous-dial tie-break gets this long to finish its streams.
 DUPLICATE_CONNECTION_GRACE = 5.0
@@ -230,7 +232,7 @@ class Host:
         try:
             with anyio.fail_after(self.limits.upgrade_timeout):
                 channel, plaintext = await self._upgrade_inbound(raw)
-        except (ShardrouteError, TimeoutError, *TRANSPORT_ERRORS) as exc:
+        except UPGRADE_ERRORS as exc:
             log.info("inbound connection from %s failed to upgrade: %r", remote_addr, exc)
             await raw.aclose()
             return

@@ -202,12 +202,15 @@ async def test_garbage_peer_is_dropped_and_others_still_served() -> None:
         fds_before = open_fds()
         port = int(str(b.listen_addrs[0]).rsplit("/", 1)[1])
         for junk in (
-            b"\x00" * 100,
-            b"\x13/multistream/1.0.0\n\x07/noise\n" + os.urandom(500),
+            b"\x00" * 100,  # a truncated varint: waits for the upgrade timeout
+            b"\x13/multistream/1.0.0\n\x07/noise\n" + os.urandom(500),  # a bad Noise message
             os.urandom(3000),
+            b"\x13/multistream/1.0.0\n",  # then the peer hangs up mid-negotiation
         ):
             sock = await anyio.connect_tcp("127.0.0.1", port)
             await sock.send(junk)
+            if junk.endswith(b"1.0.0\n"):
+                await sock.send_eof()
             with anyio.fail_after(20):
                 try:
                     while await sock.receive():
