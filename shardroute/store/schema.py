@@ -1,0 +1,56 @@
+"""The SQLite schema as SQLAlchemy Core tables. Alembic migrations create it; this module is
+what queries are written against. Keys and peer IDs are stored as raw bytes (WITHOUT ROWID
+tables keyed by them keep a provider record near 150 bytes on disk)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, Index, Integer, LargeBinary, MetaData, Table
+
+metadata = MetaData()
+
+# Records this node stores for other providers (ADD_PROVIDER received).
+provider_records = Table(
+    "provider_records",
+    metadata,
+    Column("key", LargeBinary, primary_key=True),
+    Column("provider", LargeBinary, primary_key=True),
+    Column("addrs", LargeBinary, nullable=False),  # uvarint-framed binary multiaddrs
+    Column("received_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("addrs_expire_at", Float, nullable=True),
+    sqlite_with_rowid=False,
+)
+
+# Shards this node announces: what republishing works from.
+announcements = Table(
+    "announcements",
+    metadata,
+    Column("key", LargeBinary, primary_key=True),  # the multihash (DHT key)
+    Column("codec", Integer, nullable=False),  # CID codec, to give back the CID the caller used
+    Column("announced_at", Float, nullable=False),
+    Column("next_publish_at", Float, nullable=False),
+    Column("stored_on", Integer, nullable=False, default=0),
+    sqlite_with_rowid=False,
+)
+
+routing_peers = Table(
+    "routing_peers",
+    metadata,
+    Column("peer", LargeBinary, primary_key=True),
+    Column("addrs", LargeBinary, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("last_useful", Float, nullable=True),
+    sqlite_with_rowid=False,
+)
+
+value_records = Table(
+    "value_records",
+    metadata,
+    Column("key", LargeBinary, primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("received_at", Float, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+Index("ix_provider_records_expires_at", provider_records.c.expires_at)
+Index("ix_announcements_next_publish_at", announcements.c.next_publish_at)

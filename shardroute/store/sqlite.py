@@ -1,0 +1,333 @@
+"""The durable store on SQLite: SQLAlchemy 2 (async, aiosqlite), WAL, migrations by alembic.
+
+Each repository returns domain dataclasses, never rows. Transactions are short and no network
+IO happens inside one. Expiry deletes in bounded batches so a sweep never holds the write lock
+for long.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from multiaddr import Multiaddr
+from sqlalchemy import create_engine, delete, event, func, select
+from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+import migrations
+from shardroute.addrs import multiaddr_from_bytes, multiaddr_to_bytes
+from shardroute.identity.peer_id import PeerId
+from shardroute.kad.stores import (
+    DEFAULT_MAX_PROVIDERS_PER_KEY,
+    ProviderRecord,
+    SavedPeer,
+    StoredValue,
+)
+from shardroute.protocol.varint import LengthPrefixedReader, frame
+from shardroute.store.schema import announcements, provider_records, routing_peers, value_records
+
+MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
+DATABASE_FILE = "shardroute.sqlite3"
+
+
+def pack_addrs(addrs: Iterable[Multiaddr]) -> bytes:
+    return b"".join(frame(multiaddr_to_bytes(a)) for a in addrs)
+
+
+def unpack_addrs(blob: bytes) -> tuple[Multiaddr, ...]:
+    reader = LengthPrefixedReader(1024)
+    reader.receive_data(blob)
+    out = []
+    while (raw := reader.next_message()) is not None:
+        try:
+            out.append(multiaddr_from_bytes(raw))
+        except ValueError:
+            continue
+    return tuple(out)
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url)
+    return config
+
+
+def upgrade_database(path: Path, revision: str = "head") -> None:
+    """Apply migrations up to `revision` (synchronously; run at start before serving)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{path}"
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            config = alembic_config(url)
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: an acknowledged write survives a crash of the process and of the machine.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+class SqliteStore:
+    """One database file; the repositories below share its engine."""
+
+    def __init__(self, engine: AsyncEngine, path: Path) -> None:
+        self.engine = engine
+        self.path = path
+        self.providers = SqliteProviderStore(engine)
+        self.values = SqliteValueStore(engine)
+        self.routing = SqliteRoutingTableStore(engine)
+        self.announcements = SqliteAnnouncementStore(engine)
+
+    @classmethod
+    async def open(
+        cls, data_dir: Path, *, max_providers_per_key: int = DEFAULT_MAX_PROVIDERS_PER_KEY
+    ) -> SqliteStore:
+        path = data_dir / DATABASE_FILE
+        upgrade_database(path)
+        engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+        event.listen(engine.sync_engine, "connect", _on_connect)
+        store = cls(engine, path)
+        store.providers.max_per_key = max_providers_per_key
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+class SqliteProviderStore:
+    def __init__(
+        self, engine: AsyncEngine, max_per_key: int = DEFAULT_MAX_PROVIDERS_PER_KEY
+    ) -> None:
+        self.engine = engine
+        self.max_per_key = max_per_key
+
+    async def add_provider(self, record: ProviderRecord) -> bool:
+        t = provider_records
+        async with self.engine.begin() as conn:
+            existing = await conn.scalar(
+                select(func.count())
+                .select_from(t)
+                .where(t.c.key == record.key, t.c.provider != record.provider.raw)
+            )
+            if existing is not None and existing >= self.max_per_key:
+                known = await conn.scalar(
+                    select(func.count())
+                    .select_from(t)
+                    .where(t.c.key == record.key, t.c.provider == record.provider.raw)
+                )
+                if not known:
+                    return False
+            stmt = insert(t).values(
+                key=record.key,
+                provider=record.provider.raw,
+                addrs=pack_addrs(record.addrs),
+                received_at=record.received_at,
+                expires_at=record.expires_at,
+                addrs_expire_at=record.addrs_expire_at,
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[t.c.key, t.c.provider],
+                set_={
+                    "addrs": stmt.excluded.addrs,
+                    "received_at": stmt.excluded.received_at,
+                    "expires_at": stmt.excluded.expires_at,
+                    "addrs_expire_at": stmt.excluded.addrs_expire_at,
+                },
+            )
+            await conn.execute(stmt)
+        return True
+
+    async def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderRecord]:
+        t = provider_records
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(t)
+                .where(t.c.key == key, t.c.expires_at > now)
+                .order_by(func.random())
+                .limit(limit)
+            )
+            out = []
+            for row in rows:
+                record = ProviderRecord(
+                    key=row.key,
+                    provider=PeerId.from_bytes(row.provider),
+                    addrs=unpack_addrs(row.addrs),
+                    received_at=row.received_at,
+                    expires_at=row.expires_at,
+                    addrs_expire_at=row.addrs_expire_at,
+                )
+                out.append(
+                    ProviderRecord(
+                        record.key,
+                        record.provider,
+                        record.live_addrs(now),
+                        record.received_at,
+                        record.expires_at,
+                        record.addrs_expire_at,
+                    )
+                )
+            return out
+
+    async def expire(self, now: float, batch: int) -> int:
+        t = provider_records
+        async with self.engine.begin() as conn:
+            doomed = select(t.c.key, t.c.provider).where(t.c.expires_at <= now).limit(batch)
+            keys = [(r.key, r.provider) for r in await conn.execute(doomed)]
+            for key, provider in keys:
+                await conn.execute(delete(t).where(t.c.key == key, t.c.provider == provider))
+            return len(keys)
+
+    async def count(self) -> int:
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(provider_records)) or 0)
+
+
+class SqliteValueStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def get(self, key: bytes) -> StoredValue | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(value_records).where(value_records.c.key == key))
+            ).first()
+        return None if row is None else StoredValue(row.key, row.value, row.received_at)
+
+    async def put(self, key: bytes, value: bytes, received_at: float) -> None:
+        stmt = insert(value_records).values(key=key, value=value, received_at=received_at)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[value_records.c.key], set_={"value": value, "received_at": received_at}
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def expire(self, older_than: float, batch: int) -> int:
+        t = value_records
+        async with self.engine.begin() as conn:
+            keys = [
+                r.key
+                for r in await conn.execute(
+                    select(t.c.key).where(t.c.received_at < older_than).limit(batch)
+                )
+            ]
+            if keys:
+                await conn.execute(delete(t).where(t.c.key.in_(keys)))
+            return len(keys)
+
+
+class SqliteRoutingTableStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def save(self, peers: Sequence[SavedPeer]) -> None:
+        """Replace the saved table with `peers` in one transaction."""
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(routing_peers))
+            if peers:
+                await conn.execute(
+                    insert(routing_peers),
+                    [
+                        {
+                            "peer": p.peer.raw,
+                            "addrs": pack_addrs(p.addrs),
+                            "last_seen": p.last_seen,
+                            "last_useful": p.last_useful,
+                        }
+                        for p in peers
+                    ],
+                )
+
+    async def load(self) -> list[SavedPeer]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(routing_peers).order_by(routing_peers.c.last_seen))
+            return [
+                SavedPeer(
+                    PeerId.from_bytes(r.peer), unpack_addrs(r.addrs), r.last_seen, r.last_useful
+                )
+                for r in rows
+            ]
+
+
+class SqliteAnnouncementStore:
+    """The shards this node announces, with when each is next due for (re)publishing."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def add(self, entries: Sequence[tuple[bytes, int]], now: float | None = None) -> int:
+        """Durably record (multihash, codec) pairs as announced and due now; one transaction."""
+        now = time.time() if now is None else now
+        if not entries:
+            return 0
+        stmt = insert(announcements)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[announcements.c.key],
+            set_={"next_publish_at": stmt.excluded.next_publish_at},
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                stmt,
+                [
+                    {
+                        "key": k,
+                        "codec": c,
+                        "announced_at": now,
+                        "next_publish_at": now,
+                        "stored_on": 0,
+                    }
+                    for k, c in entries
+                ],
+            )
+        return len(entries)
+
+    async def remove(self, keys: Sequence[bytes]) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                delete(announcements).where(announcements.c.key.in_(list(keys)))
+            )
+            return int(result.rowcount or 0)
+
+    async def due(self, now: float, limit: int) -> list[bytes]:
+        t = announcements
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(t.c.key)
+                .where(t.c.next_publish_at <= now)
+                .order_by(t.c.next_publish_at)
+                .limit(limit)
+            )
+            return [r.key for r in rows]
+
+    async def published(self, keys: Sequence[bytes], next_at: float, stored_on: int) -> None:
+        t = announcements
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                t.update()
+                .where(t.c.key.in_(list(keys)))
+                .values(next_publish_at=next_at, stored_on=stored_on)
+            )
+
+    async def contains(self, key: bytes) -> bool:
+        async with self.engine.connect() as conn:
+            return (
+                await conn.execute(select(announcements.c.key).where(announcements.c.key == key))
+            ).first() is not None
+
+    async def count(self) -> int:
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(announcements)) or 0)
