@@ -8,23 +8,48 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 
 from shardroute.addrs import parse_multiaddr, with_p2p
 from shardroute.config import Settings
+from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.keystore import load_or_create_identity
 from shardroute.node import Node
+from shardroute.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
 
 async def run_node(settings: Settings, announce: Callable[[Sequence[str]], None]) -> None:
     """Run until SIGINT or SIGTERM; `announce` receives the full listen multiaddrs once bound."""
-    identity = load_or_create_identity(Path(settings.data_dir))
+    data_dir = Path(settings.data_dir)
+    identity = load_or_create_identity(data_dir)
+    store = await SqliteStore.open(data_dir, max_providers_per_key=settings.max_providers_per_key)
+    try:
+        await _serve(settings, identity, store, announce)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
+    log.info("node stopped")
+
+
+async def _serve(
+    settings: Settings,
+    identity: Ed25519PrivateKey,
+    store: SqliteStore,
+    announce: Callable[[Sequence[str]], None],
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with Node(settings, identity) as node:
+        node = Node(settings, identity, providers=store.providers, values=store.values)
+        async with node, anyio.create_task_group() as tg:
             host = node.host
             announce([str(with_p2p(addr, host.peer_id)) for addr in host.listen_addrs])
             log.info("node %s running in %s mode under %s", host.peer_id, node.mode, node.protocol)
+            saved = await store.routing.load()
+            if saved:
+                reached = await node.reconnect(saved)
+                log.info("reconnected to %d of %d saved routing-table peers", reached, len(saved))
+            tg.start_soon(_keep_state, node, store)
             if settings.bootstrap:
                 report = await node.bootstrap([parse_multiaddr(a) for a in settings.bootstrap])
                 log.info(
@@ -35,4 +60,35 @@ async def run_node(settings: Settings, announce: Callable[[Sequence[str]], None]
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 break
-    log.info("node stopped")
+            with anyio.CancelScope(shield=True):
+                await store.routing.save(node.routing_snapshot())
+            tg.cancel_scope.cancel()
+
+
+# Routing-table changes are saved after this quiet period, so a burst of admissions costs one
+# write and a SIGKILL loses at most this much of the table.
+SAVE_DEBOUNCE = 1.0
+# Expired provider records are swept this often, in bounded batches (issue 5 widens this).
+EXPIRY_INTERVAL = 600.0
+EXPIRY_BATCH = 1000
+
+
+async def _keep_state(node: Node, store: SqliteStore) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_save_routing_table, node, store)
+        tg.start_soon(_sweep_expired, node, store)
+
+
+async def _save_routing_table(node: Node, store: SqliteStore) -> None:
+    while True:
+        await node.dht.table_changed.wait()
+        await anyio.sleep(SAVE_DEBOUNCE)
+        await store.routing.save(node.routing_snapshot())
+
+
+async def _sweep_expired(node: Node, store: SqliteStore) -> None:
+    while True:
+        now = node.clock.wall()
+        while await store.providers.expire(now, EXPIRY_BATCH) == EXPIRY_BATCH:
+            await anyio.lowlevel.checkpoint()
+        await anyio.sleep(EXPIRY_INTERVAL)

@@ -22,9 +22,16 @@ from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.dht import Dht, DhtConfig, LookupReport, Mode
 from shardroute.kad.records import make_default_validator
-from shardroute.kad.stores import MemoryProviderStore, MemoryValueStore, ProviderStore, ValueStore
+from shardroute.kad.stores import (
+    MemoryProviderStore,
+    MemoryValueStore,
+    ProviderStore,
+    SavedPeer,
+    ValueStore,
+)
 from shardroute.net.host import Host, HostLimits
 from shardroute.net.kad_streams import HostKadNetwork, make_server_handler
+from shardroute.net.peerstore import RECENTLY_CONNECTED_ADDR_TTL
 from shardroute.obs.metrics import DhtMetricsAdapter, Metrics
 from shardroute.protocol.identify import IdentifyInfo
 
@@ -153,6 +160,39 @@ class Node:
         addrs = self.host.peerstore.addrs(conn.remote_peer, self.clock.monotonic())
         await self.dht.peer_seen(conn.remote_peer, addrs, is_server=self.protocol in protocols)
         return conn.remote_peer
+
+    def routing_snapshot(self) -> list[SavedPeer]:
+        """The routing table with addresses, times in wall-clock seconds, for the durable store."""
+        mono, wall = self.clock.monotonic(), self.clock.wall()
+        out = []
+        for entry in self.dht.routing_table.snapshot():
+            addrs = tuple(self.dht.addrs_of(entry.peer))
+            useful = None if entry.last_useful is None else wall - (mono - entry.last_useful)
+            out.append(SavedPeer(entry.peer, addrs, wall - (mono - entry.last_seen), useful))
+        return out
+
+    async def reconnect(self, saved: Sequence[SavedPeer]) -> int:
+        """Dial the peers of a saved routing table (most recently seen first); each that
+        answers identify as a DHT server re-enters the table. Returns how many answered."""
+        now = self.clock.monotonic()
+        for peer in saved:
+            self.host.peerstore.add_addrs(peer.peer, peer.addrs, RECENTLY_CONNECTED_ADDR_TTL, now)
+        reached = 0
+
+        async def one(peer: SavedPeer) -> None:
+            nonlocal reached
+            try:
+                conn = await self.host.connect(peer.peer)
+                with anyio.move_on_after(10):
+                    await self.host.wait_identified(conn.remote_peer)
+                reached += 1
+            except ShardrouteError as exc:
+                log.info("saved peer %s unreachable: %s", peer.peer, exc)
+
+        async with anyio.create_task_group() as tg:
+            for peer in sorted(saved, key=lambda p: p.last_seen, reverse=True):
+                tg.start_soon(one, peer)
+        return reached
 
     async def bootstrap(self, addrs: Sequence[Multiaddr]) -> LookupReport | None:
         """Connect to the given peers, then look up our own ID to fill the nearby buckets."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,3 +118,36 @@ def test_ping_fails_with_a_clear_error(tmp_path: Path, wrong: str) -> None:
             result = run_ping("/ip4/not-an-ip/tcp/1")
             assert "multiaddr" in result.stderr
         assert result.returncode != 0
+
+
+def test_a_sigkilled_node_restarts_with_its_routing_table(tmp_path: Path) -> None:
+    with serve(tmp_path / "a") as (_, a_lines):
+        with serve(tmp_path / "b", "--bootstrap", a_lines[0]) as (b, _):
+            assert b.stderr is not None
+            for line in b.stderr:  # the bootstrap reached A and put it in the table
+                if "bootstrap done: 1 peers" in line:
+                    break
+            db = tmp_path / "b" / "shardroute.sqlite3"
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not saved_peers(db):
+                time.sleep(0.2)  # the node saves its table a moment after it changes
+            assert len(saved_peers(db)) == 1
+            b.kill()
+        with serve(tmp_path / "b") as (b, _):
+            assert b.stderr is not None
+            for line in b.stderr:
+                if "saved routing-table peers" in line:
+                    assert "reconnected to 1 of 1" in line
+                    break
+            else:
+                raise AssertionError("B never reported its saved routing table")
+
+
+def saved_peers(db: Path) -> list[tuple[bytes]]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        try:
+            return conn.execute("select peer from routing_peers").fetchall()
+        except sqlite3.OperationalError:
+            return []

@@ -76,3 +76,4 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # The multiaddr package logs every byte it decodes at debug level.
     logging.getLogger("multiaddr").setLevel(logging.WARNING)
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)

@@ -7,11 +7,13 @@ for long.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+import anyio
 from alembic import command
 from alembic.config import Config
 from multiaddr import Multiaddr
@@ -72,6 +74,23 @@ def upgrade_database(path: Path, revision: str = "head") -> None:
         engine.dispose()
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def atomic(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Run a store operation shielded from cancellation: they are short, and one cut off
+    inside aiosqlite leaves its connection (and thread) behind, which stalls the process."""
+
+    @functools.wraps(fn)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with anyio.CancelScope(shield=True):
+            result = await fn(*args, **kwargs)
+        return result
+
+    return run
+
+
 def _on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -116,6 +135,7 @@ class SqliteProviderStore:
         self.engine = engine
         self.max_per_key = max_per_key
 
+    @atomic
     async def add_provider(self, record: ProviderRecord) -> bool:
         t = provider_records
         async with self.engine.begin() as conn:
@@ -152,6 +172,7 @@ class SqliteProviderStore:
             await conn.execute(stmt)
         return True
 
+    @atomic
     async def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderRecord]:
         t = provider_records
         async with self.engine.connect() as conn:
@@ -183,6 +204,7 @@ class SqliteProviderStore:
                 )
             return out
 
+    @atomic
     async def expire(self, now: float, batch: int) -> int:
         t = provider_records
         async with self.engine.begin() as conn:
@@ -192,6 +214,7 @@ class SqliteProviderStore:
                 await conn.execute(delete(t).where(t.c.key == key, t.c.provider == provider))
             return len(keys)
 
+    @atomic
     async def count(self) -> int:
         async with self.engine.connect() as conn:
             return int(await conn.scalar(select(func.count()).select_from(provider_records)) or 0)
@@ -201,6 +224,7 @@ class SqliteValueStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
+    @atomic
     async def get(self, key: bytes) -> StoredValue | None:
         async with self.engine.connect() as conn:
             row = (
@@ -208,6 +232,7 @@ class SqliteValueStore:
             ).first()
         return None if row is None else StoredValue(row.key, row.value, row.received_at)
 
+    @atomic
     async def put(self, key: bytes, value: bytes, received_at: float) -> None:
         stmt = insert(value_records).values(key=key, value=value, received_at=received_at)
         stmt = stmt.on_conflict_do_update(
@@ -216,6 +241,7 @@ class SqliteValueStore:
         async with self.engine.begin() as conn:
             await conn.execute(stmt)
 
+    @atomic
     async def expire(self, older_than: float, batch: int) -> int:
         t = value_records
         async with self.engine.begin() as conn:
@@ -234,6 +260,7 @@ class SqliteRoutingTableStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
+    @atomic
     async def save(self, peers: Sequence[SavedPeer]) -> None:
         """Replace the saved table with `peers` in one transaction."""
         async with self.engine.begin() as conn:
@@ -252,6 +279,7 @@ class SqliteRoutingTableStore:
                     ],
                 )
 
+    @atomic
     async def load(self) -> list[SavedPeer]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(routing_peers).order_by(routing_peers.c.last_seen))
@@ -269,6 +297,7 @@ class SqliteAnnouncementStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
+    @atomic
     async def add(self, entries: Sequence[tuple[bytes, int]], now: float | None = None) -> int:
         """Durably record (multihash, codec) pairs as announced and due now; one transaction."""
         now = time.time() if now is None else now
@@ -295,6 +324,7 @@ class SqliteAnnouncementStore:
             )
         return len(entries)
 
+    @atomic
     async def remove(self, keys: Sequence[bytes]) -> int:
         async with self.engine.begin() as conn:
             result = await conn.execute(
@@ -302,6 +332,7 @@ class SqliteAnnouncementStore:
             )
             return int(result.rowcount or 0)
 
+    @atomic
     async def due(self, now: float, limit: int) -> list[bytes]:
         t = announcements
         async with self.engine.connect() as conn:
@@ -313,6 +344,7 @@ class SqliteAnnouncementStore:
             )
             return [r.key for r in rows]
 
+    @atomic
     async def published(self, keys: Sequence[bytes], next_at: float, stored_on: int) -> None:
         t = announcements
         async with self.engine.begin() as conn:
@@ -322,12 +354,14 @@ class SqliteAnnouncementStore:
                 .values(next_publish_at=next_at, stored_on=stored_on)
             )
 
+    @atomic
     async def contains(self, key: bytes) -> bool:
         async with self.engine.connect() as conn:
             return (
                 await conn.execute(select(announcements.c.key).where(announcements.c.key == key))
             ).first() is not None
 
+    @atomic
     async def count(self) -> int:
         async with self.engine.connect() as conn:
             return int(await conn.scalar(select(func.count()).select_from(announcements)) or 0)
