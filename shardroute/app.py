@@ -8,13 +8,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
-import anyio.lowlevel
+import prometheus_client
 
 from shardroute.addrs import parse_multiaddr, with_p2p
+from shardroute.api.server import ApiServer
+from shardroute.api.service import ShardRouteService
 from shardroute.config import Settings
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.keystore import load_or_create_identity
 from shardroute.node import Node
+from shardroute.obs.metrics import Metrics
+from shardroute.publisher import Publisher
 from shardroute.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -39,30 +43,63 @@ async def _serve(
     store: SqliteStore,
     announce: Callable[[Sequence[str]], None],
 ) -> None:
+    metrics = Metrics(prometheus_client.REGISTRY)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        node = Node(settings, identity, providers=store.providers, values=store.values)
+        node = Node(
+            settings, identity, providers=store.providers, values=store.values, metrics=metrics
+        )
         async with node, anyio.create_task_group() as tg:
             host = node.host
+            publisher = Publisher(
+                node.dht,
+                store.announcements,
+                node.clock,
+                republish_interval=settings.republish_interval,
+            )
+            service = ShardRouteService(
+                node, store, publisher, metrics, batch_limit=settings.announce_batch_limit
+            )
+            api = ApiServer(service, settings.grpc)
+            await api.start()
+            metrics_host, _, metrics_port = settings.metrics.rpartition(":")
+            http, _ = prometheus_client.start_http_server(
+                int(metrics_port), metrics_host, registry=metrics.registry
+            )
             announce([str(with_p2p(addr, host.peer_id)) for addr in host.listen_addrs])
-            log.info("node %s running in %s mode under %s", host.peer_id, node.mode, node.protocol)
-            saved = await store.routing.load()
-            if saved:
-                reached = await node.reconnect(saved)
-                log.info("reconnected to %d of %d saved routing-table peers", reached, len(saved))
+            log.info(
+                "node %s running in %s mode under %s; gRPC on port %d, metrics on port %d",
+                host.peer_id,
+                node.mode,
+                node.protocol,
+                api.port,
+                http.server_port,
+            )
+            tg.start_soon(_join, node, store, settings)
             tg.start_soon(_keep_state, node, store)
-            if settings.bootstrap:
-                report = await node.bootstrap([parse_multiaddr(a) for a in settings.bootstrap])
-                log.info(
-                    "bootstrap done: %d peers in the routing table%s",
-                    len(node.dht.routing_table),
-                    "" if report is None else f" after {report.requests} requests",
-                )
+            tg.start_soon(publisher.run)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 break
             with anyio.CancelScope(shield=True):
+                await api.stop(grace=5.0)
+                http.shutdown()
                 await store.routing.save(node.routing_snapshot())
             tg.cancel_scope.cancel()
+
+
+async def _join(node: Node, store: SqliteStore, settings: Settings) -> None:
+    """Reconnect to the saved routing table, then bootstrap from the configured peers."""
+    saved = await store.routing.load()
+    if saved:
+        reached = await node.reconnect(saved)
+        log.info("reconnected to %d of %d saved routing-table peers", reached, len(saved))
+    if settings.bootstrap:
+        report = await node.bootstrap([parse_multiaddr(a) for a in settings.bootstrap])
+        log.info(
+            "bootstrap done: %d peers in the routing table%s",
+            len(node.dht.routing_table),
+            "" if report is None else f" after {report.requests} requests",
+        )
 
 
 # Routing-table changes are saved after this quiet period, so a burst of admissions costs one

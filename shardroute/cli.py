@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--protocol", metavar="ID", help="Kademlia protocol ID (default /icn/kad/1.0.0)"
     )
     serve.add_argument("--mode", choices=["server", "client"], help="DHT mode (default server)")
+    serve.add_argument(
+        "--grpc", metavar="HOST:PORT", help="gRPC API address (default 127.0.0.1:7070)"
+    )
+    serve.add_argument(
+        "--metrics", metavar="HOST:PORT", help="Prometheus endpoint (default 127.0.0.1:9464)"
+    )
     serve.add_argument("--data-dir", metavar="DIR", help="where the node keeps its key and state")
     serve.add_argument("--config", metavar="FILE", type=Path, help="TOML configuration file")
     serve.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
@@ -89,6 +95,10 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["protocol"] = args.protocol
     if args.mode:
         overrides["mode"] = args.mode
+    if args.grpc:
+        overrides["grpc"] = args.grpc
+    if args.metrics:
+        overrides["metrics"] = args.metrics
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
     if args.log_level:

@@ -98,6 +98,22 @@ class Metrics:
             registry=r,
         )
         self.streams = Gauge("shardroute_streams", "Open Yamux streams.", registry=r)
+        self.grpc_requests_total = Counter(
+            "shardroute_grpc_requests_total",
+            "gRPC requests by method and status code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.store_operation_seconds = Histogram(
+            "shardroute_store_operation_seconds",
+            "SQLite store operation latency.",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.republish_backlog = Gauge(
+            "shardroute_republish_backlog", "Announced shards due for (re)publishing.", registry=r
+        )
         self.handshake_failures_total = Counter(
             "shardroute_handshake_failures_total",
             "Connection upgrades that failed, by reason.",

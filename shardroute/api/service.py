@@ -1,0 +1,312 @@
+"""The gRPC servicer: validate, convert, call the node, map errors to status codes. Thin."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any, TypeVar
+
+import anyio
+import grpc
+
+from shardroute import __version__
+from shardroute.addrs import parse_multiaddr
+from shardroute.api.convert import BadRequest, key_bytes, provider, shard_to_cid, shards_to_cids
+from shardroute.content import ContentId
+from shardroute.errors import DialError, InvalidRecord, ShardrouteError
+from shardroute.kad.keyspace import Key
+from shardroute.kad.messages import PeerInfo
+from shardroute.node import Node
+from shardroute.obs.metrics import Metrics
+from shardroute.pb.api.v1 import shardroute_pb2 as pb
+from shardroute.pb.api.v1 import shardroute_pb2_grpc as pb_grpc
+from shardroute.publisher import Publisher
+from shardroute.store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FIND_COUNT = 20
+MAX_FIND_COUNT = 1000
+MAX_LOCATE_SHARDS = 1024
+MAX_VALUE_BYTES = 10 * 1024
+T = TypeVar("T")
+
+
+class ShardRouteService(pb_grpc.ShardRouteServicer):
+    def __init__(
+        self,
+        node: Node,
+        store: SqliteStore,
+        publisher: Publisher,
+        metrics: Metrics,
+        *,
+        batch_limit: int,
+    ) -> None:
+        self.node = node
+        self.store = store
+        self.publisher = publisher
+        self.metrics = metrics
+        self.batch_limit = batch_limit
+
+    async def _guard(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call: Callable[[], Awaitable[T]],
+    ) -> T:
+        try:
+            result = await call()
+        except BadRequest as exc:
+            await self._abort(method, context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TimeoutError:
+            await self._abort(
+                method, context, grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed first"
+            )
+        except InvalidRecord as exc:
+            await self._abort(
+                method, context, grpc.StatusCode.INVALID_ARGUMENT, f"record refused: {exc}"
+            )
+        except DialError as exc:
+            await self._abort(method, context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        except ShardrouteError as exc:
+            await self._abort(method, context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        self.metrics.grpc_requests_total.labels(method, "OK").inc()
+        return result
+
+    async def _abort(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        code: grpc.StatusCode,
+        message: str,
+    ) -> None:
+        self.metrics.grpc_requests_total.labels(method, code.name).inc()
+        await context.abort(code, message)
+
+    def _deadline(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+        remaining = context.time_remaining()
+        return float("inf") if remaining is None else max(0.0, remaining - 0.05)
+
+    def _need_peers(self) -> None:
+        if not len(self.node.dht.routing_table):
+            raise ShardrouteError("the node has no peers yet (bootstrap it or use Connect)")
+
+    # ------------------------------------------------------------------ announce
+    async def Announce(
+        self, request: pb.AnnounceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.AnnounceResponse:
+        async def run() -> pb.AnnounceResponse:
+            cids = shards_to_cids(request.shards, "shards", self.batch_limit)
+            if request.wait:
+                self._need_peers()
+            await self.publisher.announce(cids)
+            stored_on = 0
+            if request.wait:
+                with anyio.fail_after(self._deadline(context)):
+                    stored_on = await self.publisher.publish_now(cids)
+            return pb.AnnounceResponse(
+                announced=len(cids), stored_on=stored_on, cids=[str(c.to_v1()) for c in cids]
+            )
+
+        return await self._guard("Announce", context, run)
+
+    async def Withdraw(
+        self, request: pb.WithdrawRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.WithdrawResponse:
+        async def run() -> pb.WithdrawResponse:
+            cids = shards_to_cids(request.shards, "shards", self.batch_limit)
+            return pb.WithdrawResponse(withdrawn=await self.publisher.withdraw(cids))
+
+        return await self._guard("Withdraw", context, run)
+
+    # ------------------------------------------------------------------ find
+    def _count(self, count: int, field: str) -> int:
+        if count == 0:
+            return DEFAULT_FIND_COUNT
+        if count > MAX_FIND_COUNT:
+            raise BadRequest(f"{field}: {count} exceeds the maximum of {MAX_FIND_COUNT}")
+        return count
+
+    async def FindProviders(
+        self, request: pb.FindProvidersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.Provider]:
+        try:
+            cid = shard_to_cid(request.shard, "shard")
+            count = self._count(request.count, "count")
+        except BadRequest as exc:
+            await self._abort("FindProviders", context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return
+        sent = 0
+        with anyio.move_on_after(self._deadline(context)) as scope:
+            async with aclosing(self.node.dht.find_providers(cid.dht_key, count)) as found:
+                async for info in found:
+                    sent += 1
+                    yield provider(info)
+        if sent == 0 and not len(self.node.dht.routing_table):
+            await self._abort(
+                "FindProviders",
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "no local record and no peers to ask",
+            )
+            return
+        if scope.cancelled_caught and sent == 0:
+            await self._abort(
+                "FindProviders",
+                context,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "no provider found before the deadline",
+            )
+            return
+        self.metrics.grpc_requests_total.labels("FindProviders", "OK").inc()
+
+    async def Locate(
+        self, request: pb.LocateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ShardProvider]:
+        try:
+            cids = shards_to_cids(request.shards, "shards", MAX_LOCATE_SHARDS)
+            if not 1 <= request.need <= len(cids):
+                raise BadRequest(
+                    f"need: must be between 1 and the {len(cids)} shards given, got {request.need}"
+                )
+            per_shard = request.providers_per_shard or 3
+            if per_shard > 100:
+                raise BadRequest(f"providers_per_shard: {per_shard} exceeds 100")
+        except BadRequest as exc:
+            await self._abort("Locate", context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return
+        send, receive = anyio.create_memory_object_stream[tuple[int, ContentId, PeerInfo]](64)
+        covered: set[int] = set()
+
+        async def search(index: int, cid: ContentId) -> None:
+            async with aclosing(self.node.dht.find_providers(cid.dht_key, per_shard)) as found:
+                async for info in found:
+                    await send.send((index, cid, info))
+
+        async def run_all() -> None:
+            async with send, anyio.create_task_group() as tg:
+                for i, cid in enumerate(cids):
+                    tg.start_soon(search, i, cid)
+
+        with anyio.move_on_after(self._deadline(context)):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run_all)
+                async with receive:
+                    async for index, cid, info in receive:
+                        covered.add(index)
+                        yield pb.ShardProvider(
+                            cid=str(cid.to_v1()), index=index, provider=provider(info)
+                        )
+                        if len(covered) >= request.need:
+                            break
+                tg.cancel_scope.cancel()
+        if len(covered) < request.need:
+            await self._abort(
+                "Locate",
+                context,
+                grpc.StatusCode.DEADLINE_EXCEEDED
+                if len(self.node.dht.routing_table)
+                else grpc.StatusCode.UNAVAILABLE,
+                f"only {len(covered)} of the {request.need} needed shards have a provider",
+            )
+            return
+        self.metrics.grpc_requests_total.labels("Locate", "OK").inc()
+
+    # ------------------------------------------------------------------ peers and values
+    async def GetClosestPeers(
+        self, request: pb.GetClosestPeersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetClosestPeersResponse:
+        async def run() -> pb.GetClosestPeersResponse:
+            key = key_bytes(request.key)
+            self._need_peers()
+            with anyio.fail_after(self._deadline(context)):
+                report = await self.node.dht.get_closest_peers(key)
+            return pb.GetClosestPeersResponse(
+                peers=[provider(p) for p in report.peers],
+                requests=report.requests,
+                rounds=report.rounds,
+            )
+
+        return await self._guard("GetClosestPeers", context, run)
+
+    async def PutValue(
+        self, request: pb.PutValueRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PutValueResponse:
+        async def run() -> pb.PutValueResponse:
+            if not request.key or len(request.value) > MAX_VALUE_BYTES:
+                raise BadRequest("key: empty, or value over 10 KiB")
+            with anyio.fail_after(self._deadline(context)):
+                report = await self.node.dht.put_value(request.key, request.value)
+            return pb.PutValueResponse(stored_on=report.accepted)
+
+        return await self._guard("PutValue", context, run)
+
+    async def GetValue(
+        self, request: pb.GetValueRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetValueResponse:
+        async def run() -> pb.GetValueResponse:
+            if not request.key:
+                raise BadRequest("key: empty")
+            with anyio.fail_after(self._deadline(context)):
+                value = await self.node.dht.get_value(request.key)
+            return pb.GetValueResponse(found=value is not None, value=value or b"")
+
+        return await self._guard("GetValue", context, run)
+
+    async def GetNodeInfo(
+        self, request: pb.GetNodeInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.NodeInfo:
+        async def run() -> pb.NodeInfo:
+            host = self.node.host
+            return pb.NodeInfo(
+                peer_id=str(host.peer_id),
+                addrs=[str(a) for a in host.advertised_addrs()],
+                mode=pb.MODE_SERVER if self.node.mode == "server" else pb.MODE_CLIENT,
+                protocol=self.node.protocol,
+                routing_table_size=len(self.node.dht.routing_table),
+                stored_records=await self.store.providers.count(),
+                announced_records=await self.store.announcements.count(),
+                agent_version=f"shardroute/{__version__}",
+                connections=host.connection_count,
+            )
+
+        return await self._guard("GetNodeInfo", context, run)
+
+    async def ListRoutingTable(
+        self, request: pb.ListRoutingTableRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListRoutingTableResponse:
+        async def run() -> pb.ListRoutingTableResponse:
+            table = self.node.dht.routing_table
+            now = self.node.clock.monotonic()
+            peers = []
+            for entry in sorted(
+                table.snapshot(), key=lambda e: (Key.for_peer(e.peer).digest, e.peer.raw)
+            ):
+                peers.append(
+                    pb.RoutingPeer(
+                        peer_id=str(entry.peer),
+                        addrs=[str(a) for a in self.node.dht.addrs_of(entry.peer)],
+                        bucket=table.bucket_index(entry.peer),
+                        last_seen_seconds_ago=max(0.0, now - entry.last_seen),
+                    )
+                )
+            return pb.ListRoutingTableResponse(peers=peers)
+
+        return await self._guard("ListRoutingTable", context, run)
+
+    async def Connect(
+        self, request: pb.ConnectRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ConnectResponse:
+        async def run() -> pb.ConnectResponse:
+            try:
+                addr = parse_multiaddr(request.multiaddr)
+            except ValueError as exc:
+                raise BadRequest(f"multiaddr: {exc}") from None
+            with anyio.fail_after(self._deadline(context)):
+                peer = await self.node.connect(addr)
+            return pb.ConnectResponse(
+                peer_id=str(peer), dht_server=peer in self.node.dht.routing_table
+            )
+
+        return await self._guard("Connect", context, run)
