@@ -1,0 +1,265 @@
+"""A client for storage nodes: the shardroute gRPC API with typed results, asyncio or blocking.
+
+    async with AsyncClient("127.0.0.1:7070") as client:
+        await client.announce(["bafkrei..."])
+        async for p in client.find_providers("bafkrei...", count=3): ...
+
+    with Client("127.0.0.1:7070") as client:
+        providers = client.find_providers(digest, count=3)
+
+Shards are CIDs (any version and multibase) or raw 32-byte SHA-256 digests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+
+import grpc
+
+from shardroute.pb.api.v1 import shardroute_pb2 as pb
+from shardroute.pb.api.v1 import shardroute_pb2_grpc as pb_grpc
+
+ShardLike = str | bytes
+DEFAULT_ADDRESS = "127.0.0.1:7070"
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    peer_id: str
+    addrs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardProvider:
+    cid: str
+    index: int
+    provider: Provider
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceResult:
+    announced: int
+    stored_on: int | None
+    cids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    peer_id: str
+    addrs: tuple[str, ...]
+    mode: str
+    protocol: str
+    routing_table_size: int
+    stored_records: int
+    announced_records: int
+    agent_version: str
+    connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingPeer:
+    peer_id: str
+    addrs: tuple[str, ...]
+    bucket: int
+    last_seen_seconds_ago: float
+
+
+def to_shard(shard: ShardLike) -> pb.Shard:
+    if isinstance(shard, bytes):
+        return pb.Shard(sha256=shard)
+    return pb.Shard(cid=shard)
+
+
+def _provider(p: pb.Provider) -> Provider:
+    return Provider(p.peer_id, tuple(p.addrs))
+
+
+def _info(m: pb.NodeInfo) -> NodeInfo:
+    mode = {pb.MODE_SERVER: "server", pb.MODE_CLIENT: "client"}.get(m.mode, "unknown")
+    return NodeInfo(
+        m.peer_id,
+        tuple(m.addrs),
+        mode,
+        m.protocol,
+        m.routing_table_size,
+        m.stored_records,
+        m.announced_records,
+        m.agent_version,
+        m.connections,
+    )
+
+
+class AsyncClient:
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = 30.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(address)
+        self._stub = pb_grpc.ShardRouteStub(self._channel)  # type: ignore[no-untyped-call]
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def announce(self, shards: Iterable[ShardLike], *, wait: bool = False) -> AnnounceResult:
+        request = pb.AnnounceRequest(shards=[to_shard(s) for s in shards], wait=wait)
+        reply = await self._stub.Announce(request, timeout=self.timeout)
+        return AnnounceResult(reply.announced, reply.stored_on if wait else None, tuple(reply.cids))
+
+    async def withdraw(self, shards: Iterable[ShardLike]) -> int:
+        reply = await self._stub.Withdraw(
+            pb.WithdrawRequest(shards=[to_shard(s) for s in shards]), timeout=self.timeout
+        )
+        return int(reply.withdrawn)
+
+    async def find_providers(
+        self,
+        shard: ShardLike,
+        *,
+        count: int = 20,
+        timeout: float | None = None,  # noqa: ASYNC109 (the gRPC deadline)
+    ) -> AsyncIterator[Provider]:
+        call = self._stub.FindProviders(
+            pb.FindProvidersRequest(shard=to_shard(shard), count=count),
+            timeout=timeout or self.timeout,
+        )
+        async for p in call:
+            yield _provider(p)
+
+    async def locate(
+        self,
+        shards: Iterable[ShardLike],
+        *,
+        need: int,
+        per_shard: int = 3,
+        timeout: float | None = None,  # noqa: ASYNC109 (the gRPC deadline)
+    ) -> AsyncIterator[ShardProvider]:
+        request = pb.LocateRequest(
+            shards=[to_shard(s) for s in shards], need=need, providers_per_shard=per_shard
+        )
+        async for item in self._stub.Locate(request, timeout=timeout or self.timeout):
+            yield ShardProvider(item.cid, item.index, _provider(item.provider))
+
+    async def closest_peers(self, key: str) -> list[Provider]:
+        reply = await self._stub.GetClosestPeers(
+            pb.GetClosestPeersRequest(key=key), timeout=self.timeout
+        )
+        return [_provider(p) for p in reply.peers]
+
+    async def put_value(self, key: bytes, value: bytes) -> int:
+        reply = await self._stub.PutValue(
+            pb.PutValueRequest(key=key, value=value), timeout=self.timeout
+        )
+        return int(reply.stored_on)
+
+    async def get_value(self, key: bytes) -> bytes | None:
+        reply = await self._stub.GetValue(pb.GetValueRequest(key=key), timeout=self.timeout)
+        return reply.value if reply.found else None
+
+    async def node_info(self) -> NodeInfo:
+        return _info(await self._stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=self.timeout))
+
+    async def routing_table(self) -> list[RoutingPeer]:
+        reply = await self._stub.ListRoutingTable(
+            pb.ListRoutingTableRequest(), timeout=self.timeout
+        )
+        return [
+            RoutingPeer(p.peer_id, tuple(p.addrs), p.bucket, p.last_seen_seconds_ago)
+            for p in reply.peers
+        ]
+
+    async def connect(self, multiaddr: str) -> tuple[str, bool]:
+        reply = await self._stub.Connect(
+            pb.ConnectRequest(multiaddr=multiaddr), timeout=self.timeout
+        )
+        return reply.peer_id, reply.dht_server
+
+
+class Client:
+    """The blocking twin of AsyncClient, for plain synchronous code."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = 30.0) -> None:
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.ShardRouteStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def announce(self, shards: Iterable[ShardLike], *, wait: bool = False) -> AnnounceResult:
+        reply = self._stub.Announce(
+            pb.AnnounceRequest(shards=[to_shard(s) for s in shards], wait=wait),
+            timeout=self.timeout,
+        )
+        return AnnounceResult(reply.announced, reply.stored_on if wait else None, tuple(reply.cids))
+
+    def withdraw(self, shards: Iterable[ShardLike]) -> int:
+        return int(
+            self._stub.Withdraw(
+                pb.WithdrawRequest(shards=[to_shard(s) for s in shards]), timeout=self.timeout
+            ).withdrawn
+        )
+
+    def find_providers(
+        self, shard: ShardLike, *, count: int = 20, timeout: float | None = None
+    ) -> list[Provider]:
+        call = self._stub.FindProviders(
+            pb.FindProvidersRequest(shard=to_shard(shard), count=count),
+            timeout=timeout or self.timeout,
+        )
+        return [_provider(p) for p in call]
+
+    def locate(
+        self,
+        shards: Iterable[ShardLike],
+        *,
+        need: int,
+        per_shard: int = 3,
+        timeout: float | None = None,
+    ) -> list[ShardProvider]:
+        request = pb.LocateRequest(
+            shards=[to_shard(s) for s in shards], need=need, providers_per_shard=per_shard
+        )
+        return [
+            ShardProvider(i.cid, i.index, _provider(i.provider))
+            for i in self._stub.Locate(request, timeout=timeout or self.timeout)
+        ]
+
+    def closest_peers(self, key: str) -> list[Provider]:
+        return [
+            _provider(p)
+            for p in self._stub.GetClosestPeers(
+                pb.GetClosestPeersRequest(key=key), timeout=self.timeout
+            ).peers
+        ]
+
+    def node_info(self) -> NodeInfo:
+        return _info(self._stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=self.timeout))
+
+    def routing_table(self) -> list[RoutingPeer]:
+        reply = self._stub.ListRoutingTable(pb.ListRoutingTableRequest(), timeout=self.timeout)
+        return [
+            RoutingPeer(p.peer_id, tuple(p.addrs), p.bucket, p.last_seen_seconds_ago)
+            for p in reply.peers
+        ]
+
+    def connect(self, multiaddr: str) -> tuple[str, bool]:
+        reply = self._stub.Connect(pb.ConnectRequest(multiaddr=multiaddr), timeout=self.timeout)
+        return reply.peer_id, reply.dht_server

@@ -1,0 +1,184 @@
+"""The gRPC API in process, over a real port on 127.0.0.1, against a real SQLite file."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import grpc
+import pytest
+
+from shardroute.addrs import with_p2p
+from shardroute.api.server import ApiServer
+from shardroute.api.service import ShardRouteService
+from shardroute.client import AsyncClient, Client
+from shardroute.config import Settings
+from shardroute.content import ContentId
+from shardroute.identity.keys import Ed25519PrivateKey
+from shardroute.node import Node
+from shardroute.obs.metrics import Metrics
+from shardroute.publisher import Publisher
+from shardroute.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.anyio
+SETTINGS = dataclasses.replace(
+    Settings(), listen=("/ip4/127.0.0.1/tcp/0",), diversity_filter=False, announce_batch_limit=100
+)
+
+
+@dataclasses.dataclass
+class Served:
+    node: Node
+    store: SqliteStore
+    client: AsyncClient
+    address: str
+
+
+@asynccontextmanager
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    store = await SqliteStore.open(tmp_path)
+    metrics = Metrics()
+    try:
+        async with Node(
+            SETTINGS,
+            Ed25519PrivateKey.generate(),
+            providers=store.providers,
+            values=store.values,
+            metrics=metrics,
+        ) as node:
+            publisher = Publisher(
+                node.dht, store.announcements, node.clock, republish_interval=3600
+            )
+            api = ApiServer(
+                ShardRouteService(node, store, publisher, metrics, batch_limit=100), "127.0.0.1:0"
+            )
+            await api.start()
+            address = f"127.0.0.1:{api.port}"
+            try:
+                async with AsyncClient(address, timeout=10) as client:
+                    yield Served(node, store, client, address)
+            finally:
+                await api.stop(0)
+    finally:
+        await store.close()
+
+
+def digest(i: int) -> bytes:
+    return hashlib.sha256(f"shard {i}".encode()).digest()
+
+
+async def test_announce_any_form_is_durable_and_normalised(tmp_path: Path) -> None:
+    async with served(tmp_path) as s:
+        v1 = str(ContentId.from_shard_hash(digest(1)))
+        v0_style = ContentId(1, 0x55, ContentId.from_shard_hash(digest(2)).multihash)
+        base58 = "z" + __import__("shardroute.identity.base58", fromlist=["b58encode"]).b58encode(
+            v0_style.to_bytes()
+        )
+        result = await s.client.announce([v1, base58, digest(3)])
+        assert result.announced == 3 and result.stored_on is None
+        assert result.cids[0] == v1 and result.cids[2] == str(ContentId.from_shard_hash(digest(3)))
+        assert await s.store.announcements.count() == 3
+        assert await s.client.withdraw([digest(3)]) == 1
+        info = await s.client.node_info()
+        assert (
+            info.announced_records == 2
+            and info.mode == "server"
+            and info.protocol == "/icn/kad/1.0.0"
+        )
+
+
+BAD_REQUESTS = [
+    ("announce", {"shards": ["not-a-cid"]}, grpc.StatusCode.INVALID_ARGUMENT, "shards[0]"),
+    ("announce", {"shards": []}, grpc.StatusCode.INVALID_ARGUMENT, "empty"),
+    ("announce", {"shards": [b"\x00" * 31]}, grpc.StatusCode.INVALID_ARGUMENT, "32 bytes"),
+    (
+        "announce",
+        {"shards": [digest(i) for i in range(101)]},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "batch limit",
+    ),
+    ("announce", {"shards": [digest(1), "bafyBAD"]}, grpc.StatusCode.INVALID_ARGUMENT, "shards[1]"),
+    ("announce_wait", {"shards": [digest(1)]}, grpc.StatusCode.UNAVAILABLE, "no peers"),
+    ("find", {"shard": "Qm123"}, grpc.StatusCode.INVALID_ARGUMENT, "shard"),
+    ("find", {"shard": digest(5), "count": 100_000}, grpc.StatusCode.INVALID_ARGUMENT, "count"),
+    ("find", {"shard": digest(5)}, grpc.StatusCode.UNAVAILABLE, "no peers"),
+    ("locate", {"shards": [digest(1)], "need": 0}, grpc.StatusCode.INVALID_ARGUMENT, "need"),
+    ("locate", {"shards": [digest(1)], "need": 2}, grpc.StatusCode.INVALID_ARGUMENT, "need"),
+    ("closest", {"key": "nonsense"}, grpc.StatusCode.INVALID_ARGUMENT, "key"),
+    (
+        "closest",
+        {"key": str(ContentId.from_shard_hash(digest(1)))},
+        grpc.StatusCode.UNAVAILABLE,
+        "no peers",
+    ),
+    (
+        "connect",
+        {"multiaddr": "/ip4/300.1.1.1/tcp/1"},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "multiaddr",
+    ),
+    ("put", {"key": b"/icn/x", "value": b"v"}, grpc.StatusCode.INVALID_ARGUMENT, "namespace"),
+]
+
+
+@pytest.mark.parametrize(("call", "args", "code", "words"), BAD_REQUESTS)
+async def test_bad_requests_get_the_right_code_and_change_nothing(
+    tmp_path: Path, call: str, args: dict[str, object], code: grpc.StatusCode, words: str
+) -> None:
+    async with served(tmp_path) as s:
+        before = (await s.store.announcements.count(), await s.store.providers.count())
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            c = s.client
+            if call == "announce":
+                await c.announce(args["shards"])  # type: ignore[arg-type]
+            elif call == "announce_wait":
+                await c.announce(args["shards"], wait=True)  # type: ignore[arg-type]
+            elif call == "find":
+                [p async for p in c.find_providers(args["shard"], count=args.get("count", 3))]  # type: ignore[arg-type]
+            elif call == "locate":
+                [p async for p in c.locate(args["shards"], need=args["need"])]  # type: ignore[arg-type]
+            elif call == "closest":
+                await c.closest_peers(args["key"])  # type: ignore[arg-type]
+            elif call == "connect":
+                await c.connect(args["multiaddr"])  # type: ignore[arg-type]
+            else:
+                await c.put_value(args["key"], args["value"])  # type: ignore[arg-type]
+        assert info.value.code() == code
+        assert words in (info.value.details() or "")
+        assert (await s.store.announcements.count(), await s.store.providers.count()) == before
+
+
+async def test_two_nodes_announce_find_locate_and_the_sync_client(tmp_path: Path) -> None:
+    async with served(tmp_path / "a") as a, served(tmp_path / "b") as b:
+        peer, is_server = await b.client.connect(
+            str(with_p2p(a.node.host.listen_addrs[0], a.node.peer_id))
+        )
+        assert peer == str(a.node.peer_id) and is_server
+        result = await a.client.announce([digest(i) for i in range(4)], wait=True)
+        assert result.announced == 4 and result.stored_on == 1
+        found = [p async for p in b.client.find_providers(digest(0), count=1)]
+        assert [p.peer_id for p in found] == [str(a.node.peer_id)]
+        located = [
+            x async for x in b.client.locate([digest(9), digest(1), digest(2)], need=2, per_shard=1)
+        ]
+        assert {x.index for x in located} == {1, 2}
+        closest = await b.client.closest_peers(str(a.node.peer_id))
+        assert [p.peer_id for p in closest] == [str(a.node.peer_id)]
+        table = await b.client.routing_table()
+        assert [p.peer_id for p in table] == [str(a.node.peer_id)]
+
+        def blocking_caller() -> tuple[
+            list[str], int
+        ]:  # plain synchronous code, as a storage node has
+            with Client(b.address) as sync:
+                return [
+                    p.peer_id for p in sync.find_providers(digest(3), count=1)
+                ], sync.node_info().routing_table_size
+
+        # The servers run on this event loop, so the blocking client runs in a thread.
+        providers, size = await anyio.to_thread.run_sync(blocking_caller)
+        assert providers == [str(a.node.peer_id)] and size == 1
