@@ -136,13 +136,27 @@ async def handle(request: dict, host: Host, dht: DHT, pinger: PingService) -> di
         await dht.bootstrap()
         return {}
     if cmd == "provide":
-        await asyncio.wait_for(dht.provide(Cid.decode(request["cid"]), True), timeout)
+        cid = Cid.decode(request["cid"])
+        await asyncio.wait_for(dht.provide(cid, True), timeout)
+        del cid
         return {}
     if cmd == "find_providers":
-        found = await asyncio.wait_for(dht.find_providers(Cid.decode(request["cid"])), timeout)
-        return {
-            "providers": [{"peer_id": str(p._id.string), "addrs": list(p._addrs)} for p in found]
-        }
+        # Keep the Cid referenced until Go is done with it: the bindings free an object's Go
+        # handle when Python collects it.
+        cid = Cid.decode(request["cid"])
+        # libp2p-go 0.1.4's findProviders can hand back a provider left over from the previous
+        # query (seen: js's provider of one CID returned for py's CID); asked again it answers
+        # for the CID given. So ask twice and report the second answer (the first for reference).
+        stale = await asyncio.wait_for(dht.find_providers(cid), timeout)
+        found = await asyncio.wait_for(dht.find_providers(cid), timeout)
+        del cid
+
+        def listed(infos: list) -> list[dict]:
+            return [
+                {"peer_id": str(p.id.string), "addrs": [str(a) for a in p.addrs]} for p in infos
+            ]
+
+        return {"providers": listed(found), "first_answer": listed(stale)}
     if cmd == "put_value":
         await asyncio.wait_for(
             dht.put_value(
