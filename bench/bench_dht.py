@@ -109,16 +109,25 @@ async def run_third_party(kind: str, nodes_count: int, ops: int) -> Result:
     rng = random.Random(2)
     async with AsyncExitStack() as stack:
         peers: list[ThirdPartyPeer] = []
+        limiter = anyio.CapacityLimiter(4)  # start a few at a time on 2 cores
         async with anyio.create_task_group() as tg:
 
             async def start() -> None:
-                peers.append(await stack.enter_async_context(start_peer(kind)))  # type: ignore[arg-type]
+                async with limiter:
+                    peers.append(await stack.enter_async_context(start_peer(kind)))  # type: ignore[arg-type]
 
             for _ in range(nodes_count):
                 tg.start_soon(start)
         seed = peers[0]
         for peer in peers[1:]:
-            await peer.command("dial", addr=seed.addrs[0])
+            for attempt in range(3):  # 32 fresh processes on 2 cores: the first dial may time out
+                try:
+                    await peer.command("dial", addr=seed.addrs[0])
+                    break
+                except Exception:
+                    if attempt == 2:
+                        raise
+                    await anyio.sleep(1)
         for peer in peers:
             try:
                 await peer.command("bootstrap", timeout=30)

@@ -6,6 +6,7 @@ round trip here and fails with ValueError alone.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -30,6 +31,13 @@ def parse_multiaddr(text: str) -> Multiaddr:
 def multiaddr_from_bytes(data: bytes) -> Multiaddr:
     if not data or len(data) > MAX_ADDR_BYTES:
         raise ValueError("multiaddr bytes empty or too long")
+    return _parse_binary(bytes(data))
+
+
+# The same few addresses arrive in every DHT answer, and the multiaddr package parses slowly
+# (it was the top of the DHT benchmark's profile), so parsed addresses are kept.
+@functools.lru_cache(maxsize=16384)
+def _parse_binary(data: bytes) -> Multiaddr:
     try:
         addr = Multiaddr(bytes(data))
         text = str(addr)
@@ -40,24 +48,20 @@ def multiaddr_from_bytes(data: bytes) -> Multiaddr:
         raise ValueError(f"invalid binary multiaddr {bytes(data)[:32].hex()}: {exc}") from exc
 
 
+@functools.lru_cache(maxsize=16384)
 def multiaddr_to_bytes(addr: Multiaddr) -> bytes:
     return bytes(addr.to_bytes())
 
 
-def _components(addr: Multiaddr) -> list[tuple[str, str | None]]:
-    out: list[tuple[str, str | None]] = []
-    for proto in addr.protocols():
-        try:
-            value = addr.value_for_protocol(proto.code)
-        except Exception:
-            value = None
-        out.append((proto.name, value))
-    return out
+@functools.lru_cache(maxsize=16384)
+def addr_text(addr: Multiaddr) -> str:
+    """The text form, kept: `multiaddr` re-renders it from bytes on every str()."""
+    return str(addr)
 
 
 def split_p2p(addr: Multiaddr) -> tuple[Multiaddr, PeerId | None]:
     """Strip a trailing /p2p/<id> (or /ipfs/<id>); returns the transport part and the ID."""
-    parts = str(addr).split("/")
+    parts = addr_text(addr).split("/")
     if len(parts) >= 3 and parts[-2] in ("p2p", "ipfs"):
         try:
             peer = PeerId.parse(parts[-1])
@@ -74,7 +78,7 @@ def with_p2p(addr: Multiaddr, peer: PeerId) -> Multiaddr:
 
 def tcp_endpoint(addr: Multiaddr) -> tuple[str, int] | None:
     """(host, port) for /ip4|ip6|dns|dns4|dns6/<host>/tcp/<port> (nothing after it), else None."""
-    parts = str(addr).strip("/").split("/")
+    parts = addr_text(addr).strip("/").split("/")
     if len(parts) != 4 or parts[0] not in _TCP_HOSTS or parts[2] != "tcp":
         return None
     try:
@@ -91,7 +95,7 @@ def tcp_multiaddr(host: str, port: int) -> Multiaddr:
 
 
 def ip_of(addr: Multiaddr) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    parts = str(addr).strip("/").split("/")
+    parts = addr_text(addr).strip("/").split("/")
     if len(parts) >= 2 and parts[0] in ("ip4", "ip6"):
         try:
             return ipaddress.ip_address(parts[1])
@@ -122,7 +126,7 @@ def sanitize_peer_addrs(peer: PeerId, raw_addrs: Iterable[bytes]) -> list[Multia
             continue
         if named is not None and named != peer:
             continue
-        if str(transport) in ("", "/"):
+        if addr_text(transport) in ("", "/"):
             continue
         if transport not in out:
             out.append(transport)
