@@ -106,7 +106,6 @@ class Node:
             await self.host.__aexit__(None, None, None)
             raise
         self.host.on_identified(self._identified)
-        self.host.on_disconnected(lambda peer: None)
         self.set_mode(self.settings.mode)
         return self
 

@@ -78,7 +78,7 @@ class HostKadNetwork:
         except (ShardrouteError, OSError, anyio.EndOfStream) as exc:
             raise KadRequestFailed(f"{peer.peer_id}: {type(exc).__name__}: {exc}") from exc
         finally:
-            if stream is not None and not stream._gone:
+            if stream is not None and not stream.finished_locally:
                 with anyio.CancelScope(shield=True):
                     await stream.reset()
 

@@ -66,6 +66,11 @@ class MuxedStream:
     def remote_peer(self) -> PeerId:
         return self.conn.remote_peer
 
+    @property
+    def finished_locally(self) -> bool:
+        """We closed or reset our side; nothing more will be read from it."""
+        return self._gone
+
     # -- called by the connection's reader --
     def _on_data(self, data: bytes) -> None:
         if self._gone:
