@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 
 from shardroute import __version__
+from shardroute.cli_client import add_client_commands, run_client_command
 from shardroute.errors import ShardrouteError
 
 log = logging.getLogger("shardroute")
@@ -65,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=15.0, metavar="S", help="dial timeout in seconds"
     )
     ping.add_argument("--json", action="store_true", help="print one JSON object")
+
+    db = sub.add_parser("db", help="database maintenance", description="Database maintenance.")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="apply schema migrations to the node's database")
+    upgrade.add_argument("--data-dir", metavar="DIR", help="the node's data folder")
+    upgrade.add_argument("--config", metavar="FILE", type=Path, help="TOML configuration file")
+
+    add_client_commands(sub)
     return parser
 
 
@@ -75,10 +84,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "ping":
             return anyio.run(_ping, args, backend="asyncio")
+        if args.command == "db":
+            return _db_upgrade(args)
+        return run_client_command(args)
     except ShardrouteError as exc:
         print(f"shardroute: {exc}", file=sys.stderr)
         return 1
-    return 2
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from shardroute.config import load_settings
+    from shardroute.store.sqlite import DATABASE_FILE, upgrade_database
+
+    overrides = {"data_dir": args.data_dir} if args.data_dir else {}
+    settings = load_settings(config_file=args.config, env=os.environ, overrides=overrides)
+    path = Path(settings.data_dir) / DATABASE_FILE
+    upgrade_database(path)
+    print(f"{path}: schema up to date")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ Shards are CIDs (any version and multibase) or raw 32-byte SHA-256 digests.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -216,6 +216,17 @@ class Client:
                 pb.WithdrawRequest(shards=[to_shard(s) for s in shards]), timeout=self.timeout
             ).withdrawn
         )
+
+    def iter_providers(
+        self, shard: ShardLike, *, count: int = 20, timeout: float | None = None
+    ) -> Iterator[Provider]:
+        """Providers as they arrive."""
+        call = self._stub.FindProviders(
+            pb.FindProvidersRequest(shard=to_shard(shard), count=count),
+            timeout=timeout or self.timeout,
+        )
+        for p in call:
+            yield _provider(p)
 
     def find_providers(
         self, shard: ShardLike, *, count: int = 20, timeout: float | None = None

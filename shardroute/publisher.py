@@ -61,9 +61,14 @@ class Publisher:
 
     async def run(self) -> None:
         while True:
+            while not len(self.dht.routing_table):  # nobody to publish to yet (start, bootstrap)
+                await self.dht.table_changed.wait()
             due = await self.store.due(self.clock.wall(), PUBLISH_BATCH)
             if not due:
-                with anyio.move_on_after(RETRY_DELAY):
+                # Sleep until the next shard is due, or a new announcement wakes us.
+                next_at = await self.store.next_due_at()
+                pause = RETRY_DELAY if next_at is None else next_at - self.clock.wall()
+                with anyio.move_on_after(max(0.0, min(pause, RETRY_DELAY))):
                     await self._wake.wait()
                 continue
             limiter = anyio.CapacityLimiter(PUBLISH_CONCURRENCY)
@@ -82,5 +87,6 @@ class Publisher:
                 )
                 return
             retry = report.accepted == 0
-            next_at = self.clock.wall() + (RETRY_DELAY if retry else self.republish_interval)
+            delay = min(RETRY_DELAY, self.republish_interval) if retry else self.republish_interval
+            next_at = self.clock.wall() + delay
             await self.store.published([key], next_at=next_at, stored_on=report.accepted)

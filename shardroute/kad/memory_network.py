@@ -92,12 +92,20 @@ class MemoryEndpoint:
         return PeerInfo(peer_id=self.self_id, addrs=tuple(self.addrs))
 
     async def request(
-        self, peer: PeerInfo, message: KadMessage, *, timeout: float  # noqa: ASYNC109
+        self,
+        peer: PeerInfo,
+        message: KadMessage,
+        *,
+        timeout: float,  # noqa: ASYNC109
     ) -> KadMessage:
         return await self._network._request(self, peer, message, timeout)
 
     async def send(
-        self, peer: PeerInfo, messages: Sequence[KadMessage], *, timeout: float  # noqa: ASYNC109
+        self,
+        peer: PeerInfo,
+        messages: Sequence[KadMessage],
+        *,
+        timeout: float,  # noqa: ASYNC109
     ) -> None:
         await self._network._send(self, peer, messages, timeout)
 
@@ -188,7 +196,11 @@ class MemoryNetwork:
     # -- delivery ---------------------------------------------------------------------------
 
     async def _request(
-        self, sender: MemoryEndpoint, peer: PeerInfo, message: KadMessage, timeout: float  # noqa: ASYNC109
+        self,
+        sender: MemoryEndpoint,
+        peer: PeerInfo,
+        message: KadMessage,
+        timeout: float,  # noqa: ASYNC109
     ) -> KadMessage:
         self.in_flight += 1
         try:
@@ -214,7 +226,11 @@ class MemoryNetwork:
             self.in_flight -= 1
 
     async def _send(
-        self, sender: MemoryEndpoint, peer: PeerInfo, messages: Sequence[KadMessage], timeout: float  # noqa: ASYNC109
+        self,
+        sender: MemoryEndpoint,
+        peer: PeerInfo,
+        messages: Sequence[KadMessage],
+        timeout: float,  # noqa: ASYNC109
     ) -> None:
         self.in_flight += 1
         try:

@@ -27,7 +27,11 @@ class KadNetwork(Protocol):
 
     # The timeout is a parameter (ASYNC109) so the driver can reset the stream it belongs to.
     async def request(
-        self, peer: PeerInfo, message: KadMessage, *, timeout: float  # noqa: ASYNC109
+        self,
+        peer: PeerInfo,
+        message: KadMessage,
+        *,
+        timeout: float,  # noqa: ASYNC109
     ) -> KadMessage:
         """Send one request and return its reply (FIND_NODE, GET_*, PUT_VALUE, PING).
 
@@ -36,7 +40,11 @@ class KadNetwork(Protocol):
         ...
 
     async def send(
-        self, peer: PeerInfo, messages: Sequence[KadMessage], *, timeout: float  # noqa: ASYNC109
+        self,
+        peer: PeerInfo,
+        messages: Sequence[KadMessage],
+        *,
+        timeout: float,  # noqa: ASYNC109
     ) -> None:
         """Write fire-and-forget messages (ADD_PROVIDER) on one stream; no reply is read.
 

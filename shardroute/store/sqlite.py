@@ -345,6 +345,12 @@ class SqliteAnnouncementStore:
             return [r.key for r in rows]
 
     @atomic
+    async def next_due_at(self) -> float | None:
+        async with self.engine.connect() as conn:
+            value = await conn.scalar(select(func.min(announcements.c.next_publish_at)))
+            return None if value is None else float(value)
+
+    @atomic
     async def published(self, keys: Sequence[bytes], next_at: float, stored_on: int) -> None:
         t = announcements
         async with self.engine.begin() as conn:

@@ -1,0 +1,152 @@
+"""Three `shardroute serve` processes, driven through the CLI over real gRPC."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.network
+# Short enough to watch republishing: records live 6 s and are republished every 2 s.
+FAST = {
+    "SHARDROUTE_PROVIDER_TTL": "6s",
+    "SHARDROUTE_PROVIDER_ADDR_TTL": "6s",
+    "SHARDROUTE_REPUBLISH_INTERVAL": "2s",
+}
+SHARD = "62eeef3124dc0747abdfe62c8614a2d726ca34fa8e47f27db5e0b40e7ecc0720"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def node(
+    data_dir: Path, grpc_port: int, *extra: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    env = {**os.environ, **FAST, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shardroute",
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--grpc",
+            f"127.0.0.1:{grpc_port}",
+            "--metrics",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(data_dir),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=(data_dir.parent / f"{data_dir.name}.log").open("a"),
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        addr = proc.stdout.readline().strip()
+        wait_serving(grpc_port)
+        yield proc, addr
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def cli(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shardroute", *args, "--grpc", f"127.0.0.1:{port}", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def wait_serving(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if cli(port, "id").returncode == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"gRPC on {port} never answered")
+
+
+def until(check: object, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.3)
+    raise AssertionError("condition not met in time")
+
+
+def status(port: int) -> dict[str, object]:
+    result = cli(port, "status")
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def peers(port: int) -> set[str]:
+    return {p["peer_id"] for p in json.loads(cli(port, "peers").stdout)}
+
+
+def test_announce_on_a_find_on_c_restart_b_after_sigkill_and_keep_republishing(
+    tmp_path: Path,
+) -> None:
+    pa, pb, pc = free_port(), free_port(), free_port()
+    with node(tmp_path / "a", pa) as (a, a_addr):
+        with node(tmp_path / "b", pb, "--bootstrap", a_addr) as (b, b_addr):
+            with node(tmp_path / "c", pc, "--bootstrap", b_addr) as (c, _):
+                until(lambda: len(peers(pc)) == 2 and len(peers(pa)) == 2)
+                announced = cli(pa, "announce", SHARD, "--wait")
+                assert announced.returncode == 0, announced.stderr
+                assert json.loads(announced.stdout) == {"announced": 1, "stored_on": 2}
+                found = cli(pc, "find", SHARD, "--count", "1")
+                assert found.returncode == 0, found.stderr
+                a_id = a_addr.rsplit("/", 1)[1]
+                assert json.loads(found.stdout.splitlines()[0])["peer_id"] == a_id
+
+                b_table = peers(pb)
+                until(lambda: status(pb)["stored_records"] == 1)
+                time.sleep(1.5)  # the table is saved a moment after it changes
+                b.kill()
+                b.wait()
+            # C is gone too now; B restarts alone from its data folder
+            with node(tmp_path / "b", pb) as (b, _):
+                until(lambda: a_id in peers(pb))
+                assert peers(pb) <= b_table
+                assert status(pb)["stored_records"] == 1
+
+                # A restarts after a SIGKILL: its announcement is still there and republished
+                a.kill()
+                a.wait()
+                with node(tmp_path / "a", pa, "--bootstrap", b_addr_of(pb)) as _:
+                    assert status(pa)["announced_records"] == 1
+                    time.sleep(7)  # past the 6 s TTL of every record made before the restart
+                    found = cli(pb, "find", SHARD, "--count", "1", "--timeout", "5")
+                    assert found.returncode == 0, found.stderr
+                    assert json.loads(found.stdout.splitlines()[0])["peer_id"] == a_id
+
+
+def b_addr_of(port: int) -> str:
+    info = json.loads(cli(port, "id").stdout)
+    addr = next(a for a in info["addrs"] if a.startswith("/ip4/127.0.0.1/"))
+    return f"{addr}/p2p/{info['peer_id']}"
