@@ -112,9 +112,9 @@ def test_announce_on_a_find_on_c_restart_b_after_sigkill_and_keep_republishing(
     tmp_path: Path,
 ) -> None:
     pa, pb, pc = free_port(), free_port(), free_port()
-    with node(tmp_path / "a", pa) as (a, a_addr):  # noqa: SIM117 (each node bootstraps from the one before)
+    with node(tmp_path / "a", pa) as (a, a_addr):  # noqa: SIM117 (each bootstraps from the last)
         with node(tmp_path / "b", pb, "--bootstrap", a_addr) as (b, b_addr):
-            with node(tmp_path / "c", pc, "--bootstrap", b_addr) as (c, _):
+            with node(tmp_path / "c", pc, "--bootstrap", b_addr) as (_, _):
                 until(lambda: len(peers(pc)) == 2 and len(peers(pa)) == 2)
                 announced = cli(pa, "announce", SHARD, "--wait")
                 assert announced.returncode == 0, announced.stderr
