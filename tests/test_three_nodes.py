@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 import pytest
+
+from shardroute.client import Client
 
 pytestmark = pytest.mark.network
 # Short enough to watch republishing: records live 6 s and are republished every 2 s.
@@ -150,3 +156,30 @@ def b_addr_of(port: int) -> str:
     info = json.loads(cli(port, "id").stdout)
     addr = next(a for a in info["addrs"] if a.startswith("/ip4/127.0.0.1/"))
     return f"{addr}/p2p/{info['peer_id']}"
+
+
+def test_sigkill_during_an_announce_burst_loses_no_acknowledged_shard(tmp_path: Path) -> None:
+    port = free_port()
+    shards = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(10_000)]
+    acknowledged: list[bytes] = []
+    with node(tmp_path / "n", port) as (proc, _):
+        killer = threading.Timer(0.0, lambda: None)
+        with Client(f"127.0.0.1:{port}", timeout=10) as client:
+            for start in range(0, len(shards), 100):
+                batch = shards[start : start + 100]
+                if start == 3000:  # kill while later batches are in flight
+                    killer = threading.Timer(0.05, proc.kill)
+                    killer.start()
+                try:
+                    client.announce(batch)
+                except grpc.RpcError:
+                    break
+                acknowledged.extend(batch)
+        killer.join()
+        proc.wait()
+    assert 3000 <= len(acknowledged) < len(shards)  # the kill landed mid-burst
+    with node(tmp_path / "n", port) as _:
+        assert status(port)["announced_records"] >= len(acknowledged)
+    with sqlite3.connect(tmp_path / "n" / "shardroute.sqlite3") as db:
+        stored = {row[0] for row in db.execute("select key from announcements")}
+    assert all(b"\x12\x20" + digest in stored for digest in acknowledged)
