@@ -7,7 +7,7 @@ protocol handler is installed or removed with the mode, and where bootstrap dial
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 import anyio
@@ -31,6 +31,7 @@ from shardroute.kad.stores import (
 )
 from shardroute.net.host import Host, HostLimits
 from shardroute.net.kad_streams import HostKadNetwork, make_server_handler
+from shardroute.net.muxer import Direction
 from shardroute.net.peerstore import RECENTLY_CONNECTED_ADDR_TTL
 from shardroute.obs.metrics import DhtMetricsAdapter, Metrics
 from shardroute.protocol.identify import IdentifyInfo
@@ -90,7 +91,21 @@ class Node:
             metrics=DhtMetricsAdapter(self.metrics),
         )
         self._server_handler = make_server_handler(self.dht.handler, metrics=self.metrics)
+        self._export_gauges()
         self._tg: anyio.abc.TaskGroup | None = None
+
+    def _export_gauges(self) -> None:
+        """Connection and stream gauges read the host when Prometheus scrapes."""
+        host = self.host
+
+        def counter(direction: Direction) -> Callable[[], float]:
+            return lambda: float(sum(1 for c in host.all_connections() if c.direction is direction))
+
+        for direction in Direction:
+            self.metrics.connections.labels(direction.value).set_function(counter(direction))
+        self.metrics.streams.set_function(
+            lambda: float(sum(len(c.streams) for c in host.all_connections()))
+        )
 
     @property
     def peer_id(self) -> PeerId:

@@ -49,3 +49,18 @@ async def test_switching_to_server_mode_is_pushed_and_admits_the_peer() -> None:
         with anyio.fail_after(5):
             while client.peer_id in server.dht.routing_table:
                 await server.dht.table_changed.wait()
+
+
+async def test_connection_and_stream_gauges_follow_the_host() -> None:
+    async with node() as a, node() as b:
+        await b.connect(with_p2p(a.host.listen_addrs[0], a.peer_id))
+
+        def sample(n: Node, name: str, **labels: str) -> float | None:
+            return n.metrics.registry.get_sample_value(name, labels)
+
+        assert sample(a, "shardroute_connections", direction="inbound") == 1
+        assert sample(a, "shardroute_connections", direction="outbound") == 0
+        assert sample(b, "shardroute_connections", direction="outbound") == 1
+        stream = await b.host.new_stream(a.peer_id, ["/ipfs/ping/1.0.0"])
+        assert sample(b, "shardroute_streams") == len(b.host.connection(a.peer_id).streams) >= 1  # type: ignore[union-attr]
+        await stream.reset()

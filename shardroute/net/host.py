@@ -456,6 +456,10 @@ class Host:
     def connected_peers(self) -> list[PeerId]:
         return [p for p, c in self._connections.items() if not c.closed]
 
+    def all_connections(self) -> list[MuxedConnection]:
+        """Every open connection, duplicates of one peer included."""
+        return list(self._all_connections)
+
     @property
     def connection_count(self) -> int:
         return len(self._all_connections)
