@@ -114,6 +114,7 @@ async def _keep_state(node: Node, store: SqliteStore) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(_save_routing_table, node, store)
         tg.start_soon(_sweep_expired, node, store)
+        tg.start_soon(_record_counts, node, store)
 
 
 async def _save_routing_table(node: Node, store: SqliteStore) -> None:
@@ -121,6 +122,21 @@ async def _save_routing_table(node: Node, store: SqliteStore) -> None:
         await node.dht.table_changed.wait()
         await anyio.sleep(SAVE_DEBOUNCE)
         await store.routing.save(node.routing_snapshot())
+
+
+# Record counts are COUNT(*) queries: refreshed on this period, not on every scrape.
+COUNTS_INTERVAL = 15.0
+
+
+async def _record_counts(node: Node, store: SqliteStore) -> None:
+    metrics = node.metrics
+    while True:
+        started = node.clock.monotonic()
+        metrics.provider_records_stored.set(await store.providers.count())
+        metrics.provider_records_announced.set(await store.announcements.count())
+        metrics.republish_backlog.set(await store.announcements.due_count(node.clock.wall()))
+        metrics.store_operation_seconds.labels("count").observe(node.clock.monotonic() - started)
+        await anyio.sleep(COUNTS_INTERVAL)
 
 
 async def _sweep_expired(node: Node, store: SqliteStore) -> None:

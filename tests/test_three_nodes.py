@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -183,3 +184,47 @@ def test_sigkill_during_an_announce_burst_loses_no_acknowledged_shard(tmp_path: 
     with sqlite3.connect(tmp_path / "n" / "shardroute.sqlite3") as db:
         stored = {row[0] for row in db.execute("select key from announcements")}
     assert all(b"\x12\x20" + digest in stored for digest in acknowledged)
+
+
+def test_serve_exposes_prometheus_metrics(tmp_path: Path) -> None:
+    grpc_port = free_port()
+    metrics_port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SHARDROUTE_METRICS": f"127.0.0.1:{metrics_port}"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shardroute",
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--grpc",
+            f"127.0.0.1:{grpc_port}",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        wait_serving(grpc_port)
+        assert cli(grpc_port, "announce", SHARD).returncode == 0
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{metrics_port}/metrics", timeout=10
+        ) as reply:
+            text = reply.read().decode()
+        for name in (
+            "shardroute_routing_table_peers",
+            "shardroute_provider_records_announced",
+            "shardroute_grpc_requests_total",
+            "shardroute_connections",
+        ):
+            assert name in text, name
+        assert 'shardroute_grpc_requests_total{code="OK",method="Announce"} 1.0' in text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

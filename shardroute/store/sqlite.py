@@ -345,6 +345,17 @@ class SqliteAnnouncementStore:
             return [r.key for r in rows]
 
     @atomic
+    async def due_count(self, now: float) -> int:
+        t = announcements
+        async with self.engine.connect() as conn:
+            return int(
+                await conn.scalar(
+                    select(func.count()).select_from(t).where(t.c.next_publish_at <= now)
+                )
+                or 0
+            )
+
+    @atomic
     async def next_due_at(self) -> float | None:
         async with self.engine.connect() as conn:
             value = await conn.scalar(select(func.min(announcements.c.next_publish_at)))

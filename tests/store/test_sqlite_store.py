@@ -101,3 +101,14 @@ async def test_values_routing_table_and_announcements(tmp_path: Path) -> None:
         not await store.announcements.contains(keys[0]) and await store.announcements.count() == 4
     )
     await store.close()
+
+
+async def test_due_count_follows_the_schedule(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path)
+    keys = [bytes([0x12, 0x20]) + bytes([i]) * 32 for i in range(4)]
+    await store.announcements.add([(k, 0x55) for k in keys], now=10.0)
+    assert await store.announcements.due_count(10.0) == 4
+    await store.announcements.published(keys[:3], next_at=50.0, stored_on=20)
+    assert await store.announcements.due_count(20.0) == 1
+    assert await store.announcements.next_due_at() == 10.0
+    await store.close()
