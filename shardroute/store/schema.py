@@ -8,12 +8,20 @@ from sqlalchemy import Column, Float, Index, Integer, LargeBinary, MetaData, Tab
 
 metadata = MetaData()
 
+# Peer IDs of providers, so records carry a small integer instead of 38 bytes (migration 0003).
+provider_peers = Table(
+    "provider_peers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("peer", LargeBinary, nullable=False, unique=True),
+)
+
 # Records this node stores for other providers (ADD_PROVIDER received).
 provider_records = Table(
     "provider_records",
     metadata,
     Column("key", LargeBinary, primary_key=True),
-    Column("provider", LargeBinary, primary_key=True),
+    Column("provider_id", Integer, primary_key=True),
     Column("addrs", LargeBinary, nullable=False),  # uvarint-framed binary multiaddrs
     Column("received_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),

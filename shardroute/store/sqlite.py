@@ -7,6 +7,7 @@ for long.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -31,7 +32,13 @@ from shardroute.kad.stores import (
     StoredValue,
 )
 from shardroute.protocol.varint import LengthPrefixedReader, frame
-from shardroute.store.schema import announcements, provider_records, routing_peers, value_records
+from shardroute.store.schema import (
+    announcements,
+    provider_peers,
+    provider_records,
+    routing_peers,
+    value_records,
+)
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 DATABASE_FILE = "shardroute.sqlite3"
@@ -139,29 +146,35 @@ class SqliteProviderStore:
     async def add_provider(self, record: ProviderRecord) -> bool:
         t = provider_records
         async with self.engine.begin() as conn:
-            existing = await conn.scalar(
+            await conn.execute(
+                insert(provider_peers).values(peer=record.provider.raw).on_conflict_do_nothing()
+            )
+            provider_id = await conn.scalar(
+                select(provider_peers.c.id).where(provider_peers.c.peer == record.provider.raw)
+            )
+            others = await conn.scalar(
                 select(func.count())
                 .select_from(t)
-                .where(t.c.key == record.key, t.c.provider != record.provider.raw)
+                .where(t.c.key == record.key, t.c.provider_id != provider_id)
             )
-            if existing is not None and existing >= self.max_per_key:
+            if others is not None and others >= self.max_per_key:
                 known = await conn.scalar(
                     select(func.count())
                     .select_from(t)
-                    .where(t.c.key == record.key, t.c.provider == record.provider.raw)
+                    .where(t.c.key == record.key, t.c.provider_id == provider_id)
                 )
                 if not known:
                     return False
             stmt = insert(t).values(
                 key=record.key,
-                provider=record.provider.raw,
+                provider_id=provider_id,
                 addrs=pack_addrs(record.addrs),
                 received_at=record.received_at,
                 expires_at=record.expires_at,
                 addrs_expire_at=record.addrs_expire_at,
             )
             stmt = stmt.on_conflict_do_update(
-                index_elements=[t.c.key, t.c.provider],
+                index_elements=[t.c.key, t.c.provider_id],
                 set_={
                     "addrs": stmt.excluded.addrs,
                     "received_at": stmt.excluded.received_at,
@@ -174,44 +187,39 @@ class SqliteProviderStore:
 
     @atomic
     async def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderRecord]:
-        t = provider_records
+        t, p = provider_records, provider_peers
+        query = (
+            select(t, p.c.peer)
+            .join(p, p.c.id == t.c.provider_id)
+            .where(t.c.key == key, t.c.expires_at > now)
+            .order_by(func.random())
+            .limit(limit)
+        )
         async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(t)
-                .where(t.c.key == key, t.c.expires_at > now)
-                .order_by(func.random())
-                .limit(limit)
+            rows = (await conn.execute(query)).all()
+        out = []
+        for row in rows:
+            record = ProviderRecord(
+                key=row.key,
+                provider=PeerId.from_bytes(row.peer),
+                addrs=unpack_addrs(row.addrs),
+                received_at=row.received_at,
+                expires_at=row.expires_at,
+                addrs_expire_at=row.addrs_expire_at,
             )
-            out = []
-            for row in rows:
-                record = ProviderRecord(
-                    key=row.key,
-                    provider=PeerId.from_bytes(row.provider),
-                    addrs=unpack_addrs(row.addrs),
-                    received_at=row.received_at,
-                    expires_at=row.expires_at,
-                    addrs_expire_at=row.addrs_expire_at,
-                )
-                out.append(
-                    ProviderRecord(
-                        record.key,
-                        record.provider,
-                        record.live_addrs(now),
-                        record.received_at,
-                        record.expires_at,
-                        record.addrs_expire_at,
-                    )
-                )
-            return out
+            out.append(dataclasses.replace(record, addrs=record.live_addrs(now)))
+        return out
 
     @atomic
     async def expire(self, now: float, batch: int) -> int:
+        """Delete up to `batch` expired records (peers rows stay: a few bytes each, and
+        their IDs are reused when those providers announce again)."""
         t = provider_records
         async with self.engine.begin() as conn:
-            doomed = select(t.c.key, t.c.provider).where(t.c.expires_at <= now).limit(batch)
-            keys = [(r.key, r.provider) for r in await conn.execute(doomed)]
-            for key, provider in keys:
-                await conn.execute(delete(t).where(t.c.key == key, t.c.provider == provider))
+            doomed = select(t.c.key, t.c.provider_id).where(t.c.expires_at <= now).limit(batch)
+            keys = [(r.key, r.provider_id) for r in await conn.execute(doomed)]
+            for key, provider_id in keys:
+                await conn.execute(delete(t).where(t.c.key == key, t.c.provider_id == provider_id))
             return len(keys)
 
     @atomic

@@ -30,6 +30,21 @@ def tables(path: Path) -> set[str]:
         }
 
 
+async def test_upgrade_from_0002_keeps_provider_records(tmp_path: Path) -> None:
+    path = tmp_path / DATABASE_FILE
+    upgrade_database(path, "0002")
+    peer = pid()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "insert into provider_records values (?, ?, ?, ?, ?, ?)",
+            (KEY, peer.raw, b"\x08\x04\x7f\x00\x00\x01\x06\x0f\xa1", 1.0, 2e9, None),
+        )
+    store = await SqliteStore.open(tmp_path)  # migrates to head at open
+    records = await store.providers.get_providers(KEY, now=100.0, limit=5)
+    assert [(r.provider, r.addrs) for r in records] == [(peer, ADDRS[:1])]
+    await store.close()
+
+
 def test_migrations_from_empty_and_from_the_previous_revision(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh.sqlite3"
     upgrade_database(fresh)
@@ -43,7 +58,7 @@ def test_migrations_from_empty_and_from_the_previous_revision(tmp_path: Path) ->
     assert "ix_provider_records_expires_at" in tables(old)
     with sqlite3.connect(old) as db:
         assert db.execute("select value from value_records").fetchall() == [(b"v",)]
-        assert db.execute("select version_num from alembic_version").fetchone() == ("0002",)
+        assert db.execute("select version_num from alembic_version").fetchone() == ("0003",)
 
 
 async def test_provider_records_survive_a_restart_and_expire_in_batches(tmp_path: Path) -> None:
