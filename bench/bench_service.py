@@ -160,13 +160,12 @@ transaction per batch). Find-providers are local hits (the record is in the stor
 | provider records on disk ({total:,} records) | {size / total:.0f} bytes/record | < 200 |
 | resident memory with {small:,} / {total:,} stored records | {rss_small:.0f} / {rss_large:.0f} MiB | flat |
 
-Where the time goes (cProfile of a 4 s find run, 2026-11-22): about three quarters of each
-local-hit find is SQLAlchemy's async connection handling around one indexed SELECT — pool
-checkout, the rollback-on-return at checkin and greenlet hand-offs — not gRPC or the DHT code;
-the client's half also runs in this process. Next steps: a long-lived read connection (or
-`pool_reset_on_return=None`, which alone did not help in a quick trial) and a client in its own
-process. Bytes per record: since migration 0003 a record refers to its provider's peer ID by a
-small integer (the 38-byte ID was in every row and again in the expiry index).
+Where the time goes (cProfile, 2026-11-22): with SQLAlchemy's async pool around each lookup,
+three quarters of a local find went to pool checkout/checkin and greenlet hand-offs (~710/s,
+p99 ~53 ms); the hot read now uses one long-lived aiosqlite connection. What remains is gRPC
+streaming on both ends, since the client runs in this same process and event loop. Bytes per
+record: since migration 0003 a record refers to its provider's peer ID by a small integer (the
+38-byte ID was in every row and again in the expiry index).
 """
     print(body)
     if not args.no_write:

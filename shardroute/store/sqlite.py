@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+import aiosqlite
 import anyio
 from alembic import command
 from alembic.config import Config
@@ -81,6 +82,12 @@ def upgrade_database(path: Path, revision: str = "head") -> None:
         engine.dispose()
 
 
+_PROVIDERS_SQL = (
+    "SELECT p.peer, r.addrs, r.received_at, r.expires_at, r.addrs_expire_at "
+    "FROM provider_records r JOIN provider_peers p ON p.id = r.provider_id "
+    "WHERE r.key = ? AND r.expires_at > ? ORDER BY random() LIMIT ?"
+)
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -129,9 +136,16 @@ class SqliteStore:
         event.listen(engine.sync_engine, "connect", _on_connect)
         store = cls(engine, path)
         store.providers.max_per_key = max_providers_per_key
+        # The hot read (local providers of a key) uses one long-lived connection of its own:
+        # SQLAlchemy's async pool handling around each SELECT was most of a local find.
+        reader = await aiosqlite.connect(path)
+        await reader.execute("PRAGMA query_only=ON")
+        store.providers.reader = reader
         return store
 
     async def close(self) -> None:
+        if self.providers.reader is not None:
+            await self.providers.reader.close()
         await self.engine.dispose()
 
 
@@ -141,6 +155,7 @@ class SqliteProviderStore:
     ) -> None:
         self.engine = engine
         self.max_per_key = max_per_key
+        self.reader: aiosqlite.Connection | None = None
 
     @atomic
     async def add_provider(self, record: ProviderRecord) -> bool:
@@ -187,25 +202,19 @@ class SqliteProviderStore:
 
     @atomic
     async def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderRecord]:
-        t, p = provider_records, provider_peers
-        query = (
-            select(t, p.c.peer)
-            .join(p, p.c.id == t.c.provider_id)
-            .where(t.c.key == key, t.c.expires_at > now)
-            .order_by(func.random())
-            .limit(limit)
-        )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        if self.reader is None:
+            raise RuntimeError("open the store with SqliteStore.open()")
+        cursor = await self.reader.execute(_PROVIDERS_SQL, (key, now, limit))
+        rows: list[tuple[Any, ...]] = [tuple(r) for r in await cursor.fetchall()]
         out = []
-        for row in rows:
+        for peer, addrs, received_at, expires_at, addrs_expire_at in rows:
             record = ProviderRecord(
-                key=row.key,
-                provider=PeerId.from_bytes(row.peer),
-                addrs=unpack_addrs(row.addrs),
-                received_at=row.received_at,
-                expires_at=row.expires_at,
-                addrs_expire_at=row.addrs_expire_at,
+                key,
+                PeerId.from_bytes(peer),
+                unpack_addrs(addrs),
+                received_at,
+                expires_at,
+                addrs_expire_at,
             )
             out.append(dataclasses.replace(record, addrs=record.live_addrs(now)))
         return out
