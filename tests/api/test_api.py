@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import grpc
 import pytest
+from multiaddr import Multiaddr
 
 from shardroute.addrs import with_p2p
 from shardroute.api.server import ApiServer
@@ -19,6 +21,7 @@ from shardroute.client import AsyncClient, Client
 from shardroute.config import Settings
 from shardroute.content import ContentId
 from shardroute.identity.keys import Ed25519PrivateKey
+from shardroute.identity.peer_id import PeerId
 from shardroute.node import Node
 from shardroute.obs.metrics import Metrics
 from shardroute.publisher import Publisher
@@ -182,3 +185,30 @@ async def test_two_nodes_announce_find_locate_and_the_sync_client(tmp_path: Path
         # The servers run on this event loop, so the blocking client runs in a thread.
         providers, size = await anyio.to_thread.run_sync(blocking_caller)
         assert providers == [str(a.node.peer_id)] and size == 1
+
+
+async def test_a_lookup_past_the_callers_deadline_is_deadline_exceeded(tmp_path: Path) -> None:
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as silent:
+        port = silent.extra(anyio.abc.SocketAttribute.local_port)
+        held: list[anyio.abc.SocketStream] = []
+
+        async def hold(stream: anyio.abc.SocketStream) -> None:
+            held.append(stream)  # accept, then never say a byte
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(silent.serve, hold)
+            async with served(tmp_path) as s:
+                mute = PeerId.from_public_key(Ed25519PrivateKey.generate().public_key)
+                await s.node.dht.peer_seen(
+                    mute, [Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")], is_server=True
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    [p async for p in s.client.find_providers(digest(1), count=1, timeout=1.0)]
+                assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                # the server itself gave up at the deadline (not only the client's timer)
+                assert "before the deadline" in (info.value.details() or "")
+                counted = s.node.metrics.grpc_requests_total.labels(
+                    "FindProviders", "DEADLINE_EXCEEDED"
+                )
+                assert counted._value.get() == 1
+            tg.cancel_scope.cancel()
