@@ -132,7 +132,7 @@ async def _record_counts(node: Node, store: SqliteStore) -> None:
     metrics = node.metrics
     while True:
         started = node.clock.monotonic()
-        metrics.provider_records_stored.set(await store.providers.count())
+        metrics.provider_records_stored.set(await store.providers.count(node.clock.wall()))
         metrics.provider_records_announced.set(await store.announcements.count())
         metrics.republish_backlog.set(await store.announcements.due_count(node.clock.wall()))
         metrics.store_operation_seconds.labels("count").observe(node.clock.monotonic() - started)

@@ -73,3 +73,19 @@ KAD_MAX_FAILURES = 3
 # IP diversity in the routing table (go-libp2p-kad-dht: 2 per cpl, 3 per table per IP group).
 KAD_DIVERSITY_PER_BUCKET = 2
 KAD_DIVERSITY_PER_TABLE = 3
+
+# Kademlia messages and records (kad-dht.md §1, §3, §7; go-libp2p-kad-dht handlers.go).
+# Closer peers taken from one answer: go truncates longer lists at 2k.
+KAD_MAX_CLOSER_PEERS = 2 * KAD_K
+# Provider entries taken from one answer (our choice: 10x what we send, far below 4 MiB).
+KAD_MAX_PROVIDER_PEERS = 200
+# Addresses per Peer entry we send and keep (digest §1: "≤ ~10 addresses per peer").
+KAD_MAX_ADDRS_PER_PEER = 10
+# Provider keys are multihashes; go rejects keys longer than 80 bytes.
+KAD_MAX_PROVIDER_KEY = 80
+# Providers per GET_PROVIDERS answer (our choice: k, about 2 KiB, well under rust's 16 KiB).
+KAD_PROVIDERS_PER_REPLY = KAD_K
+# Stored values older than this are not served (go MaxRecordAge, rust record TTL: 48 h).
+KAD_MAX_VALUE_AGE = 48 * 3600.0
+# IPNS records: boxo ipns MaxRecordSize = 10 KiB.
+IPNS_MAX_RECORD = 10 * KIB

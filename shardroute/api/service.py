@@ -265,7 +265,7 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
                 mode=pb.MODE_SERVER if self.node.mode == "server" else pb.MODE_CLIENT,
                 protocol=self.node.protocol,
                 routing_table_size=len(self.node.dht.routing_table),
-                stored_records=await self.store.providers.count(),
+                stored_records=await self.store.providers.count(self.node.clock.wall()),
                 announced_records=await self.store.announcements.count(),
                 agent_version=f"shardroute/{__version__}",
                 connections=host.connection_count,

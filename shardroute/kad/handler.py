@@ -1,16 +1,20 @@
-"""The server side of the six DHT RPCs, as go-libp2p-kad-dht answers them (handlers.go).
+"""The server side of the six DHT RPCs, as go-libp2p-kad-dht answers them (kad-dht.md §5).
 
-Returns the reply, None for ADD_PROVIDER (never answered), or raises KadRequestRejected where
-go resets the stream. Nothing invalid reaches a store.
+`KadHandler.handle` returns the reply, None for ADD_PROVIDER (never answered), or raises
+KadRequestRejected where go resets the stream: missing fields, a key too long, an invalid or
+worse record, an ADD_PROVIDER with nothing usable. Nothing invalid reaches a store. Closer
+peers never include the requester or ourselves, except the FIND_NODE target, which goes first
+when we know its addresses. Answers pass through `fit_reply` (rust's 16 KiB).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
+from shardroute import limits
 from shardroute.clock import Clock
-from shardroute.errors import InvalidRecord, KadRequestRejected
+from shardroute.errors import InvalidPeerId, InvalidRecord, KadRequestRejected
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.messages import (
     KadMessage,
@@ -25,13 +29,15 @@ from shardroute.kad.stores import ProviderRecord, ProviderStore, ValueStore
 
 log = logging.getLogger(__name__)
 
-# go rejects provider keys longer than 80 bytes (handlers.go).
-MAX_PROVIDER_KEY = 80
-# Stored values older than this are not returned (go's maxRecordAge).
-MAX_VALUE_AGE = 48 * 3600.0
-# Providers returned in one answer: keeps replies well under rust's 16 KiB.
-PROVIDERS_PER_REPLY = 20
+MAX_PROVIDER_KEY = limits.KAD_MAX_PROVIDER_KEY
+MAX_VALUE_AGE = limits.KAD_MAX_VALUE_AGE
+PROVIDERS_PER_REPLY = limits.KAD_PROVIDERS_PER_REPLY
+# Our product default; the spec's 48 h is the upper bound peers expect.
+DEFAULT_PROVIDER_TTL = 12 * 3600.0
+# go keeps a provider's addresses 24 h (peerstore.ProviderAddrTTL); we cap that at the TTL.
+DEFAULT_PROVIDER_ADDR_TTL = 24 * 3600.0
 
+# (key pre-image, count, exclude) -> up to `count` table peers nearest SHA-256(key), with addrs.
 ClosestPeers = Callable[[bytes, int, Collection[PeerId]], list[PeerInfo]]
 PeerLookup = Callable[[PeerId], PeerInfo | None]
 
@@ -47,12 +53,22 @@ class KadHandler:
         closest_peers: ClosestPeers,
         peer_info: PeerLookup,
         clock: Clock,
-        k: int = 20,
-        provider_ttl: float = 12 * 3600.0,
+        k: int = limits.KAD_K,
+        provider_ttl: float = DEFAULT_PROVIDER_TTL,
         provider_addr_ttl: float | None = None,
         max_key_len: int = MAX_PROVIDER_KEY,
         max_value_age: float = MAX_VALUE_AGE,
+        providers_per_reply: int = PROVIDERS_PER_REPLY,
     ) -> None:
+        """`provider_addr_ttl` None means go's 24 h; either way it is capped at
+        `provider_ttl`. The per-key provider cap belongs to the ProviderStore, where it is
+        atomic with the upsert."""
+        if k < 1 or max_key_len < 1 or providers_per_reply < 0:
+            raise ValueError("k and max_key_len must be positive, providers_per_reply >= 0")
+        if provider_ttl <= 0 or max_value_age <= 0:
+            raise ValueError("provider_ttl and max_value_age must be positive")
+        if provider_addr_ttl is not None and provider_addr_ttl < 0:
+            raise ValueError("provider_addr_ttl must not be negative")
         self.self_id = self_id
         self.providers = providers
         self.values = values
@@ -62,41 +78,50 @@ class KadHandler:
         self.clock = clock
         self.k = k
         self.provider_ttl = provider_ttl
-        # go keeps provider addresses 24 h; never longer than the record itself.
-        self.provider_addr_ttl = min(provider_addr_ttl or 24 * 3600.0, provider_ttl)
+        addr_ttl = DEFAULT_PROVIDER_ADDR_TTL if provider_addr_ttl is None else provider_addr_ttl
+        self.provider_addr_ttl = min(addr_ttl, provider_ttl)
         self.max_key_len = max_key_len
         self.max_value_age = max_value_age
+        self.providers_per_reply = providers_per_reply
+        self._handlers: dict[
+            MessageType, Callable[[PeerId, KadMessage], Awaitable[KadMessage | None]]
+        ] = {
+            MessageType.FIND_NODE: self._find_node,
+            MessageType.GET_PROVIDERS: self._get_providers,
+            MessageType.ADD_PROVIDER: self._add_provider,
+            MessageType.GET_VALUE: self._get_value,
+            MessageType.PUT_VALUE: self._put_value,
+            MessageType.PING: self._ping,
+        }
 
     async def handle(self, sender: PeerId, request: KadMessage) -> KadMessage | None:
-        kind = request.type
-        if kind is MessageType.FIND_NODE:
-            return self._find_node(sender, request)
-        if kind is MessageType.GET_PROVIDERS:
-            return await self._get_providers(sender, request)
-        if kind is MessageType.ADD_PROVIDER:
-            await self._add_provider(sender, request)
-            return None
-        if kind is MessageType.GET_VALUE:
-            return await self._get_value(sender, request)
-        if kind is MessageType.PUT_VALUE:
-            return await self._put_value(request)
-        if kind is MessageType.PING:
-            return KadMessage(type=MessageType.PING)
-        raise KadRequestRejected(f"unsupported message type {kind}")
+        """`sender` is the authenticated remote peer of the stream."""
+        handler = self._handlers.get(request.type)
+        if handler is None:
+            raise KadRequestRejected(f"unsupported message type {request.type!r}")
+        return await handler(sender, request)
 
-    def _closer(self, key: bytes, sender: PeerId) -> tuple[PeerInfo, ...]:
-        return tuple(self.closest_peers(key, self.k, (sender, self.self_id)))
+    def _closer(self, key: bytes, sender: PeerId) -> list[PeerInfo]:
+        found = self.closest_peers(key, self.k, (sender, self.self_id))
+        # The callback promises this; a reply must never break it.
+        return [p for p in found if p.addrs and p.peer_id not in (sender, self.self_id)]
 
-    def _find_node(self, sender: PeerId, request: KadMessage) -> KadMessage:
-        closer = list(self._closer(request.key, sender))
+    async def _ping(self, sender: PeerId, request: KadMessage) -> KadMessage:
+        return KadMessage(type=MessageType.PING)
+
+    async def _find_node(self, sender: PeerId, request: KadMessage) -> KadMessage:
+        if not request.key:
+            raise KadRequestRejected("FIND_NODE without a key")
+        closer = self._closer(request.key, sender)
         try:
-            target = PeerId.from_bytes(request.key)
-        except Exception:
-            target = None
+            target: PeerId | None = PeerId.from_bytes(request.key)
+        except InvalidPeerId:
+            target = None  # any pre-image is a valid target; it just names no peer
         if target is not None:
-            known = self.peer_info(target) if target != self.self_id else None
+            known = self.peer_info(target)
             if known is not None and known.addrs:
-                closer = [known, *(p for p in closer if p.peer_id != target)][: self.k]
+                rest = [p for p in closer if p.peer_id != target]
+                closer = [known, *rest][: self.k]
         return fit_reply(KadMessage(type=MessageType.FIND_NODE, closer_peers=tuple(closer)))
 
     def _check_provider_key(self, key: bytes) -> None:
@@ -108,70 +133,73 @@ class KadHandler:
     async def _get_providers(self, sender: PeerId, request: KadMessage) -> KadMessage:
         self._check_provider_key(request.key)
         now = self.clock.wall()
-        records = await self.providers.get_providers(request.key, now, PROVIDERS_PER_REPLY)
+        records = await self.providers.get_providers(request.key, now, self.providers_per_reply)
         providers = []
         for record in records:
             addrs = record.live_addrs(now)
             if not addrs and (known := self.peer_info(record.provider)) is not None:
-                addrs = known.addrs
+                addrs = known.addrs  # the stored ones aged out; what we know now, if anything
             providers.append(PeerInfo(record.provider, addrs))
         return fit_reply(
             KadMessage(
                 type=MessageType.GET_PROVIDERS,
                 key=request.key,
                 provider_peers=tuple(providers),
-                closer_peers=self._closer(request.key, sender),
+                closer_peers=tuple(self._closer(request.key, sender)),
             )
         )
 
     async def _add_provider(self, sender: PeerId, request: KadMessage) -> None:
         self._check_provider_key(request.key)
         now = self.clock.wall()
-        stored = 0
-        for info in request.provider_peers:
-            if info.peer_id != sender:
-                log.info(
-                    "ADD_PROVIDER from %s names another peer %s: ignored", sender, info.peer_id
-                )
-                continue
-            if not info.addrs:
-                continue
-            await self.providers.add_provider(
-                ProviderRecord(
-                    key=request.key,
-                    provider=sender,
-                    addrs=info.addrs,
-                    received_at=now,
-                    expires_at=now + self.provider_ttl,
-                    addrs_expire_at=now + self.provider_addr_ttl,
-                )
+        usable = [p for p in request.provider_peers if p.peer_id == sender and p.addrs]
+        if len(usable) < len(request.provider_peers):
+            log.debug(
+                "ADD_PROVIDER from %s: %d entries for other peers or without addresses ignored",
+                sender,
+                len(request.provider_peers) - len(usable),
             )
-            stored += 1
-        if not stored:
+        if not usable:
             raise KadRequestRejected("ADD_PROVIDER carried no entry for the sender with an address")
+        # Several entries for the sender: one record, the addresses of all of them.
+        addrs = tuple(dict.fromkeys(a for p in usable for a in p.addrs))
+        stored = await self.providers.add_provider(
+            ProviderRecord(
+                key=request.key,
+                provider=sender,
+                addrs=addrs[: limits.KAD_MAX_ADDRS_PER_PEER],
+                received_at=now,
+                expires_at=now + self.provider_ttl,
+                addrs_expire_at=now + self.provider_addr_ttl,
+            )
+        )
+        if not stored:
+            # Not a protocol error: the key is full. No reply either way.
+            log.debug("ADD_PROVIDER from %s refused: the key holds its maximum", sender)
+        return None
 
     async def _get_value(self, sender: PeerId, request: KadMessage) -> KadMessage:
         if not request.key:
             raise KadRequestRejected("GET_VALUE without a key")
-        record = None
-        stored = await self.values.get(request.key)
         now = self.clock.wall()
+        stored = await self.values.get(request.key)
+        record = None
         if stored is not None and now - stored.received_at <= self.max_value_age:
             try:
                 self.validator.validate(request.key, stored.value, now)
                 record = ValueRecord(request.key, stored.value, format_rfc3339(stored.received_at))
             except InvalidRecord:
-                record = None  # expired IPNS and the like: never returned
+                pass  # expired IPNS and the like: never returned
         return fit_reply(
             KadMessage(
                 type=MessageType.GET_VALUE,
                 key=request.key,
                 record=record,
-                closer_peers=self._closer(request.key, sender),
+                closer_peers=tuple(self._closer(request.key, sender)),
             )
         )
 
-    async def _put_value(self, request: KadMessage) -> KadMessage:
+    async def _put_value(self, sender: PeerId, request: KadMessage) -> KadMessage:
         record = request.record
         if record is None or not request.key:
             raise KadRequestRejected("PUT_VALUE without a key or record")
@@ -183,17 +211,23 @@ class KadHandler:
         except InvalidRecord as exc:
             raise KadRequestRejected(f"PUT_VALUE refused: {exc}") from exc
         existing = await self.values.get(request.key)
-        if existing is not None and existing.value != record.value:
+        if (
+            existing is not None
+            and existing.value != record.value
+            and now - existing.received_at <= self.max_value_age
+        ):
             try:
                 self.validator.validate(request.key, existing.value, now)
-                better_old = self.validator.select(request.key, [record.value, existing.value]) != 0
             except InvalidRecord:
-                better_old = False
-            if better_old:
-                raise KadRequestRejected("PUT_VALUE refused: we hold a better record")
+                pass  # ours went bad (expired): the new one replaces it
+            else:
+                try:
+                    best = self.validator.select(request.key, [record.value, existing.value])
+                except InvalidRecord as exc:
+                    raise KadRequestRejected(f"PUT_VALUE refused: {exc}") from exc
+                if best != 0:
+                    raise KadRequestRejected("PUT_VALUE refused: we hold a better record")
         await self.values.put(request.key, record.value, now)
-        return KadMessage(
-            type=MessageType.PUT_VALUE,
-            key=request.key,
-            record=ValueRecord(record.key, record.value),
-        )
+        # go echoes the request with the time it stamped; its client compares the value.
+        stamped = ValueRecord(request.key, record.value, format_rfc3339(now))
+        return KadMessage(type=MessageType.PUT_VALUE, key=request.key, record=stamped)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from google.protobuf.message import DecodeError
@@ -22,10 +24,12 @@ from shardroute.pb import dht_pb2
 
 # go sends 1; rust 10 or 9. Nobody reads it.
 CLUSTER_LEVEL = 1
-# go truncates closer-peer lists longer than 2k; we drop the rest the same way.
-MAX_CLOSER_PEERS = 2 * limits.KAD_K
-MAX_ADDRS_PER_PEER = 10
-MAX_PROVIDER_PEERS = 200
+# Entries past these caps are dropped on decode (go truncates closer peers at 2k the same way).
+MAX_CLOSER_PEERS = limits.KAD_MAX_CLOSER_PEERS
+MAX_PROVIDER_PEERS = limits.KAD_MAX_PROVIDER_PEERS
+MAX_ADDRS_PER_PEER = limits.KAD_MAX_ADDRS_PER_PEER
+# Raw addresses looked at per entry before sanitising (bad ones are dropped, not counted).
+_MAX_RAW_ADDRS_PER_PEER = 4 * MAX_ADDRS_PER_PEER
 
 
 class MessageType(enum.IntEnum):
@@ -39,6 +43,8 @@ class MessageType(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class PeerInfo:
+    """A peer as DHT messages carry it. `connected` is go's CONNECTED hint, nothing more."""
+
     peer_id: PeerId
     addrs: tuple[Multiaddr, ...] = ()
     connected: bool = False
@@ -48,6 +54,7 @@ class PeerInfo:
 class ValueRecord:
     key: bytes
     value: bytes
+    # RFC 3339 as the receiver stamped it; incoming values are ignored (kad-dht.md §11.8).
     time_received: str = ""
 
 
@@ -71,6 +78,8 @@ def _peer_pb(info: PeerInfo, target: dht_pb2.Message.Peer) -> None:
 
 
 def encode_message(msg: KadMessage, *, max_size: int = limits.KAD_MAX_MESSAGE) -> bytes:
+    """The protobuf body, unframed. Peers carry at most MAX_ADDRS_PER_PEER addresses.
+    Raises LocalProtocolError when the body would exceed `max_size`."""
     pb = dht_pb2.Message()
     pb.type = int(msg.type)  # type: ignore[assignment]
     pb.clusterLevelRaw = CLUSTER_LEVEL
@@ -91,10 +100,11 @@ def encode_message(msg: KadMessage, *, max_size: int = limits.KAD_MAX_MESSAGE) -
     return body
 
 
-def _peers(entries: object, cap: int) -> tuple[tuple[PeerInfo, ...], int]:
+def _peers(entries: Iterable[dht_pb2.Message.Peer], cap: int) -> tuple[tuple[PeerInfo, ...], int]:
+    """Usable entries (first `cap`) and how many were dropped for a bad peer ID."""
     out: list[PeerInfo] = []
     dropped = 0
-    for entry in entries:  # type: ignore[attr-defined]
+    for entry in entries:
         if len(out) >= cap:
             break
         try:
@@ -102,14 +112,16 @@ def _peers(entries: object, cap: int) -> tuple[tuple[PeerInfo, ...], int]:
         except InvalidPeerId:
             dropped += 1
             continue
-        addrs = tuple(
-            sanitize_peer_addrs(peer, entry.addrs[: MAX_ADDRS_PER_PEER * 4])[:MAX_ADDRS_PER_PEER]
-        )
+        raw = entry.addrs[:_MAX_RAW_ADDRS_PER_PEER]
+        addrs = tuple(sanitize_peer_addrs(peer, raw)[:MAX_ADDRS_PER_PEER])
         out.append(PeerInfo(peer, addrs, entry.connection == dht_pb2.Message.CONNECTED))
     return tuple(out), dropped
 
 
 def decode_message(body: bytes) -> KadMessage:
+    """Parse one unframed body. Raises KadMessageError for an oversized or undecodable body
+    or an unknown type; Peer entries with a bad ID and bad addresses are dropped one by one
+    (`dropped_peers` counts the entries). Unknown fields are ignored."""
     if len(body) > limits.KAD_MAX_MESSAGE:
         raise KadMessageError(f"DHT message of {len(body)} bytes exceeds the 4 MiB limit")
     pb = dht_pb2.Message()
@@ -138,7 +150,10 @@ def decode_message(body: bytes) -> KadMessage:
 
 def fit_reply(msg: KadMessage, limit: int = limits.KAD_PORTABLE_MESSAGE) -> KadMessage:
     """Trim a reply until it encodes within `limit` (rust-libp2p reads 16 KiB by default):
-    fewer addresses per peer first, then fewer providers, then fewer closer peers."""
+    at most 4 addresses per peer first, then drop the longer list's tail (providers or closer
+    peers) a quarter at a time. Entries keep their order, so a FIND_NODE target put first
+    stays. A record is never trimmed: a reply that is too big without any peers is returned
+    as it is (it still fits go's and js's 4 MiB)."""
     if len(encode_message(msg)) <= limit:
         return msg
 
@@ -158,24 +173,31 @@ def fit_reply(msg: KadMessage, limit: int = limits.KAD_PORTABLE_MESSAGE) -> KadM
     return msg
 
 
+# Lenient: any fraction length (extra digits past nanoseconds are cut), `Z` or an offset.
 _RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]+))?(Z|z|[+-][0-9]{2}:[0-9]{2})",
+    re.ASCII,
 )
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def format_rfc3339(wall: float) -> str:
-    """go's time.RFC3339Nano in UTC: fraction without trailing zeros, omitted when zero."""
-    seconds = int(wall // 1)
+    """go's time.RFC3339Nano in UTC: fraction without trailing zeros, omitted when zero.
+    Raises OverflowError outside the years 1 to 9999."""
+    seconds = math.floor(wall)
     nanos = round((wall - seconds) * 1e9)
     if nanos >= 1_000_000_000:
         seconds, nanos = seconds + 1, 0
-    base = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    t = _EPOCH + dt.timedelta(seconds=seconds)
+    base = f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
     fraction = f".{nanos:09d}".rstrip("0") if nanos else ""
     return f"{base}{fraction}Z"
 
 
 def parse_rfc3339(text: str) -> float | None:
-    m = _RFC3339.match(text.strip())
+    """Wall seconds, or None for anything that is not an RFC 3339 date-time."""
+    m = _RFC3339.fullmatch(text.strip())
     if m is None:
         return None
     year, month, day, hour, minute, second, fraction, zone = m.groups()
@@ -188,6 +210,7 @@ def parse_rfc3339(text: str) -> float | None:
         moment = dt.datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz
         )
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
-    return moment.timestamp() + (int(fraction.ljust(9, "0")) / 1e9 if fraction else 0.0)
+    nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
+    return moment.timestamp() + nanos / 1e9

@@ -17,7 +17,9 @@ from multiaddr import Multiaddr
 from shardroute.identity.peer_id import PeerId
 
 # Providers kept per key unless configured: a key is one shard, which a handful of storage
-# nodes hold; 100 leaves room for replication while one spammed key stays small.
+# nodes hold; 100 leaves ample room for replicas and caches while one spammed key stays
+# around 100 rows. Stores refuse newcomers past the cap rather than evict, so re-announcing
+# holders keep their place. Answers carry at most limits.KAD_PROVIDERS_PER_REPLY of them.
 DEFAULT_MAX_PROVIDERS_PER_KEY = 100
 
 
@@ -54,16 +56,23 @@ class SavedPeer:
 
 
 class ProviderStore(Protocol):
+    """Provider records keyed by (key, provider). `add_provider` upserts and enforces the
+    per-key cap (False: refused); `get_providers` returns unexpired records only, with
+    addresses emptied past their own TTL; `expire` deletes at most `batch` expired records."""
+
     async def add_provider(self, record: ProviderRecord) -> bool: ...
 
     async def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderRecord]: ...
 
     async def expire(self, now: float, batch: int) -> int: ...
 
-    async def count(self) -> int: ...
+    async def count(self, now: float | None = None) -> int: ...
 
 
 class ValueStore(Protocol):
+    """Value records as received (validated before `put`); `expire` deletes at most `batch`
+    values received before `older_than`."""
+
     async def get(self, key: bytes) -> StoredValue | None: ...
 
     async def put(self, key: bytes, value: bytes, received_at: float) -> None: ...
@@ -78,39 +87,55 @@ class RoutingTableStore(Protocol):
 
 
 class MemoryProviderStore:
-    def __init__(self, *, max_per_key: int = DEFAULT_MAX_PROVIDERS_PER_KEY) -> None:
+    """The in-memory twin of the SQLite provider store (tests, the simulator, no data dir)."""
+
+    def __init__(
+        self, *, max_per_key: int = DEFAULT_MAX_PROVIDERS_PER_KEY, rng: random.Random | None = None
+    ) -> None:
+        if max_per_key < 1:
+            raise ValueError("max_per_key must be at least 1")
         self.max_per_key = max_per_key
+        self._rng = rng or random.Random()
+        # Per key, least recently announced first.
         self._records: dict[bytes, OrderedDict[PeerId, ProviderRecord]] = {}
 
     async def add_provider(self, record: ProviderRecord) -> bool:
-        """Upsert (key, provider). A new provider for a full key is refused (returns False)."""
+        """Upsert (key, provider). A provider already listed is always refreshed; a new one
+        for a key that holds `max_per_key` unexpired providers is refused (returns False), so
+        a flood of new peer IDs cannot push out the providers that keep re-announcing."""
         providers = self._records.setdefault(record.key, OrderedDict())
         if record.provider not in providers and len(providers) >= self.max_per_key:
-            oldest = next(iter(providers.values()))
-            if oldest.expires_at > record.received_at:
+            for provider, held in list(providers.items()):
+                if held.expires_at <= record.received_at:
+                    del providers[provider]
+            if len(providers) >= self.max_per_key:
                 return False
-            del providers[oldest.provider]
         providers.pop(record.provider, None)
         providers[record.provider] = record
         return True
 
     async def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderRecord]:
+        """Up to `limit` unexpired providers in random order (go answers in random order too),
+        their addresses emptied once past `addrs_expire_at`."""
         providers = self._records.get(key)
-        if not providers:
+        if not providers or limit <= 0:
             return []
         live = [
             replace(r, addrs=r.live_addrs(now)) for r in providers.values() if r.expires_at > now
         ]
-        random.shuffle(live)
+        self._rng.shuffle(live)
         return live[:limit]
 
     async def expire(self, now: float, batch: int) -> int:
+        """Delete up to `batch` records with `expires_at <= now`; returns how many went."""
         removed = 0
         for key in list(self._records):
+            if removed >= batch:
+                break
             providers = self._records[key]
             for provider, record in list(providers.items()):
                 if removed >= batch:
-                    return removed
+                    break
                 if record.expires_at <= now:
                     del providers[provider]
                     removed += 1
@@ -118,11 +143,16 @@ class MemoryProviderStore:
                 del self._records[key]
         return removed
 
-    async def count(self) -> int:
-        return sum(len(p) for p in self._records.values())
+    async def count(self, now: float | None = None) -> int:
+        """Records held; with `now`, only those not yet expired."""
+        if now is None:
+            return sum(len(p) for p in self._records.values())
+        return sum(r.expires_at > now for p in self._records.values() for r in p.values())
 
 
 class MemoryValueStore:
+    """The in-memory twin of the SQLite value store."""
+
     def __init__(self) -> None:
         self._values: dict[bytes, StoredValue] = {}
 
@@ -133,13 +163,16 @@ class MemoryValueStore:
         self._values[key] = StoredValue(key, value, received_at)
 
     async def expire(self, older_than: float, batch: int) -> int:
-        stale = [k for k, v in self._values.items() if v.received_at < older_than][:batch]
+        """Delete up to `batch` values received before `older_than`."""
+        stale = [k for k, v in self._values.items() if v.received_at < older_than][: max(batch, 0)]
         for key in stale:
             del self._values[key]
         return len(stale)
 
 
 class MemoryRoutingTableStore:
+    """The in-memory twin of the routing-table snapshot: `save` replaces the whole snapshot."""
+
     def __init__(self) -> None:
         self._peers: list[SavedPeer] = []
 

@@ -170,7 +170,11 @@ class SqliteProviderStore:
             others = await conn.scalar(
                 select(func.count())
                 .select_from(t)
-                .where(t.c.key == record.key, t.c.provider_id != provider_id)
+                .where(
+                    t.c.key == record.key,
+                    t.c.provider_id != provider_id,
+                    t.c.expires_at > record.received_at,
+                )
             )
             if others is not None and others >= self.max_per_key:
                 known = await conn.scalar(
@@ -232,9 +236,13 @@ class SqliteProviderStore:
             return len(keys)
 
     @atomic
-    async def count(self) -> int:
+    async def count(self, now: float | None = None) -> int:
+        """Records held; with `now`, only those not yet expired (what a GET_PROVIDERS sees)."""
+        query = select(func.count()).select_from(provider_records)
+        if now is not None:
+            query = query.where(provider_records.c.expires_at > now)
         async with self.engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(provider_records)) or 0)
+            return int(await conn.scalar(query) or 0)
 
 
 class SqliteValueStore:

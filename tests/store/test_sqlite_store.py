@@ -93,6 +93,20 @@ async def test_provider_records_survive_a_restart_and_expire_in_batches(tmp_path
     await store.close()
 
 
+async def test_the_cap_and_the_counts_ignore_expired_records_not_yet_swept(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path, max_providers_per_key=2)
+    old = [pid() for _ in range(2)]
+    for peer in old:
+        assert await store.providers.add_provider(ProviderRecord(KEY, peer, ADDRS, 0.0, 100.0))
+    newcomer = pid()
+    assert not await store.providers.add_provider(ProviderRecord(KEY, newcomer, ADDRS, 50.0, 150.0))
+    # once the first two have expired (not yet swept) a new provider takes a place
+    assert await store.providers.add_provider(ProviderRecord(KEY, newcomer, ADDRS, 100.0, 200.0))
+    assert await store.providers.count() == 3
+    assert await store.providers.count(now=120.0) == 1
+    await store.close()
+
+
 async def test_values_routing_table_and_announcements(tmp_path: Path) -> None:
     store = await SqliteStore.open(tmp_path)
     await store.values.put(b"/pk/a", b"one", 10.0)
