@@ -34,7 +34,7 @@ from shardroute.errors import InvalidRecord, KadRequestFailed, LocalProtocolErro
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.diversity import DiversityFilter, drop_overrepresented
 from shardroute.kad.handler import MAX_PROVIDER_KEY, MAX_VALUE_AGE, KadHandler
-from shardroute.kad.keyspace import Key, xor_distance
+from shardroute.kad.keyspace import Key, common_prefix_len, xor_distance
 from shardroute.kad.lookup import Lookup
 from shardroute.kad.messages import KadMessage, MessageType, PeerInfo, ValueRecord
 from shardroute.kad.network import KadNetwork
@@ -295,6 +295,9 @@ class Dht:
         self._probing: set[PeerId] = set()
         # Fired on every admission and eviction, for whoever waits on the table.
         self.table_changed = Signal()
+        # cpl with us -> monotonic time of the last lookup aimed there (any lookup refreshes
+        # the bucket it targets, as in go-libp2p-kad-dht; the refresher skips fresh buckets).
+        self.bucket_lookup_at: dict[int, float] = {}
 
     async def __aenter__(self) -> Dht:
         tg = anyio.create_task_group()
@@ -434,21 +437,28 @@ class Dht:
             self._tg.start_soon(self._probe, result.oldest)
 
     async def _probe(self, oldest: PeerId) -> None:
-        """Liveness probe of a full bucket's least-recently-seen peer: FIND_NODE for our own id."""
-        if oldest in self._probing:
-            return
-        self._probing.add(oldest)
+        """Liveness probe of a full bucket's least-recently-seen peer."""
+        await self.check_liveness(oldest)
+
+    async def check_liveness(self, peer: PeerId) -> bool | None:
+        """Probe a table peer (FIND_NODE for our own id): alive, it is marked seen; silent, it
+        is evicted and the replacement cache backfills its place. None if a probe of `peer` is
+        already running or it is not in the table."""
+        if peer in self._probing or peer not in self.routing_table:
+            return None
+        self._probing.add(peer)
         try:
-            alive = await self._ping(oldest)
+            alive = await self._ping(peer)
         finally:
-            self._probing.discard(oldest)
+            self._probing.discard(peer)
         if alive:
-            self.routing_table.confirm_alive(oldest, self.clock.monotonic())
-        else:
-            backfill = self.routing_table.evict(oldest)
-            log.debug("evicted unresponsive %s; %s takes its place", oldest, backfill)
+            self.routing_table.confirm_alive(peer, self.clock.monotonic())
+        elif peer in self.routing_table:
+            backfill = self.routing_table.evict(peer)
+            log.debug("evicted unresponsive %s; %s takes its place", peer, backfill)
             self._evicted("unresponsive")
             self._table_changed()
+        return alive
 
     def _table_changed(self) -> None:
         self.table_changed.fire()
@@ -486,6 +496,9 @@ class Dht:
     ) -> _Outcome:
         target = Key.for_bytes(key)
         seeds = self.routing_table.nearest(target, self.config.k)
+        self.bucket_lookup_at[common_prefix_len(self.routing_table.self_key, target)] = (
+            self.clock.monotonic()
+        )
         lookup = Lookup(
             target,
             seeds,
@@ -720,15 +733,44 @@ class Dht:
             )
         return reports
 
-    async def _send_all(self, batches: dict[PeerId, list[KadMessage]]) -> set[PeerId]:
-        """Write each peer's messages on one stream, all peers at once; the peers that took them."""
+    async def provide_assigned(
+        self, assignments: dict[bytes, list[PeerInfo]], *, record_self: bool = True
+    ) -> dict[bytes, int]:
+        """ADD_PROVIDER each key to the peers chosen for it, every peer's keys on one stream.
+
+        The republisher's path: it already knows each key's k closest peers (a region map), so
+        no lookup runs here. Returns, per key, how many of its peers took the stream.
+        """
+        for key in assignments:
+            self._check_provider_key(key)
+        me = self._self_provider()
+        batches: dict[PeerId, list[KadMessage]] = {}
+        infos: dict[PeerId, PeerInfo] = {}
+        for key, peers in assignments.items():
+            if record_self:
+                await self._record_self(key, me)
+            message = KadMessage(type=MessageType.ADD_PROVIDER, key=key, provider_peers=(me,))
+            for info in peers:
+                infos[info.peer_id] = info
+                batches.setdefault(info.peer_id, []).append(message)
+        sent = await self._send_all(batches, infos)
+        return {
+            key: sum(1 for i in peers if i.peer_id in sent) for key, peers in assignments.items()
+        }
+
+    async def _send_all(
+        self, batches: dict[PeerId, list[KadMessage]], infos: dict[PeerId, PeerInfo] | None = None
+    ) -> set[PeerId]:
+        """Write each peer's messages on one stream, all peers at once; the peers that took them.
+        `infos` gives addresses to dial where the caller knows them (else the address book)."""
         sent: set[PeerId] = set()
         timeout = self.config.put_timeout
 
         async def one(peer: PeerId, messages: list[KadMessage]) -> None:
             try:
                 with anyio.fail_after(timeout):
-                    await self.network.send(self._info(peer), messages, timeout=timeout)
+                    info = (infos or {}).get(peer) or self._info(peer)
+                    await self.network.send(info, messages, timeout=timeout)
             except (KadRequestFailed, TimeoutError) as exc:
                 log.debug("ADD_PROVIDER to %s failed: %s", peer, _why(exc))
                 ok = False

@@ -67,23 +67,39 @@ def closest(target: Key, peers: Iterable[PeerId], count: int) -> list[PeerId]:
     return heapq.nsmallest(count, peers, key=lambda p: Key.for_peer(p).value ^ t)
 
 
+# Deepest prefix `random_key_with_prefix` will match: 2^20 expected hashes (~0.5 s) at worst.
+MAX_PREFIX_BITS = 20
+
+
+def prefix_of(key: Key, depth: int) -> int:
+    """The top `depth` bits of `key` as an integer."""
+    return key.value >> (KEY_BITS - depth)
+
+
+def random_key_with_prefix(prefix: int, depth: int, rng: random.Random) -> bytes:
+    """A peer-ID-shaped pre-image (`12 20` + 32 random bytes) whose Key starts with the `depth`
+    bits of `prefix`.
+
+    The wire carries pre-images, so a lookup aimed at a region of the keyspace needs bytes whose
+    hash falls in it: each try hits with probability 2^-depth. Raises ValueError past
+    `MAX_PREFIX_BITS`.
+    """
+    if not 0 <= depth <= MAX_PREFIX_BITS:
+        raise ValueError(f"depth must be within 0…{MAX_PREFIX_BITS}, got {depth}")
+    if not 0 <= prefix < 1 << depth:
+        raise ValueError(f"prefix {prefix} does not fit in {depth} bits")
+    shift = KEY_BITS - depth
+    while True:
+        candidate = _SHA256_MULTIHASH_PREFIX + rng.getrandbits(KEY_BITS).to_bytes(KEY_BYTES, "big")
+        if int.from_bytes(hashlib.sha256(candidate).digest(), "big") >> shift == prefix:
+            return candidate
+
+
 def random_key_in_bucket(self_key: Key, cpl: int, rng: random.Random) -> bytes:
-    """A peer-ID-shaped pre-image whose Key has exactly `cpl` leading bits in common with ours.
-
-    The bytes are a sha2-256 multihash shape (`12 20` + 32 random bytes), like a legacy peer ID.
-
-    The wire carries pre-images, so a refresh lookup for bucket `cpl` needs bytes whose hash falls
-    in it (kad-dht.md §9). Each try hits with probability 2^-(cpl+1), so `cpl` is capped at
-    `limits.KAD_REFRESH_MAX_CPL` (15, as go): at most ~65 536 expected hashes. Raises ValueError
-    beyond that.
+    """A pre-image whose Key has exactly `cpl` leading bits in common with ours (a refresh
+    lookup for bucket `cpl`, kad-dht.md §9). `cpl` is capped at `limits.KAD_REFRESH_MAX_CPL`
+    (15, as go): at most ~65 536 expected hashes. Raises ValueError beyond that.
     """
     if not 0 <= cpl <= limits.KAD_REFRESH_MAX_CPL:
         raise ValueError(f"cpl must be within 0…{limits.KAD_REFRESH_MAX_CPL}, got {cpl}")
-    own = self_key.value
-    # The top cpl+1 bits of the digest must equal ours for cpl bits, then differ in one.
-    shift = KEY_BITS - cpl - 1
-    wanted = (own >> shift) ^ 1
-    while True:
-        candidate = _SHA256_MULTIHASH_PREFIX + rng.getrandbits(KEY_BITS).to_bytes(KEY_BYTES, "big")
-        if int.from_bytes(hashlib.sha256(candidate).digest(), "big") >> shift == wanted:
-            return candidate
+    return random_key_with_prefix(prefix_of(self_key, cpl + 1) ^ 1, cpl + 1, rng)

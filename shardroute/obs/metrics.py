@@ -114,6 +114,45 @@ class Metrics:
         self.republish_backlog = Gauge(
             "shardroute_republish_backlog", "Announced shards due for (re)publishing.", registry=r
         )
+        self.refreshes_total = Counter(
+            "shardroute_routing_table_refreshes_total",
+            "Routing-table refresh rounds by trigger (scheduled, adaptive, bootstrap).",
+            ["trigger"],
+            registry=r,
+        )
+        self.liveness_checks_total = Counter(
+            "shardroute_liveness_checks_total",
+            "Liveness probes of routing-table peers by result (alive, dead).",
+            ["result"],
+            registry=r,
+        )
+        self.bootstrap_attempts_total = Counter(
+            "shardroute_bootstrap_attempts_total",
+            "Bootstrap attempts by result (joined, empty).",
+            ["result"],
+            registry=r,
+        )
+        self.republished_shards_total = Counter(
+            "shardroute_republished_shards_total",
+            "Announced shards (re)published, by result (stored, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.republish_lookups_total = Counter(
+            "shardroute_republish_lookups_total",
+            "Lookups spent exploring keyspace regions for republishing.",
+            registry=r,
+        )
+        self.republish_messages_total = Counter(
+            "shardroute_republish_messages_total",
+            "ADD_PROVIDER messages sent by the republisher.",
+            registry=r,
+        )
+        self.expired_records_total = Counter(
+            "shardroute_expired_records_total",
+            "Provider records removed from the store after their TTL.",
+            registry=r,
+        )
         self.handshake_failures_total = Counter(
             "shardroute_handshake_failures_total",
             "Connection upgrades that failed, by reason.",
