@@ -55,6 +55,7 @@ async def _serve(
                 store.announcements,
                 node.clock,
                 republish_interval=settings.republish_interval,
+                metrics=metrics,
             )
             service = ShardRouteService(
                 node, store, publisher, metrics, batch_limit=settings.announce_batch_limit
@@ -74,7 +75,9 @@ async def _serve(
                 api.port,
                 http.server_port,
             )
-            tg.start_soon(_join, node, store, settings)
+            saved = await store.routing.load()
+            bootstrap = [parse_multiaddr(a) for a in settings.bootstrap]
+            tg.start_soon(node.maintain, bootstrap, saved)
             tg.start_soon(_keep_state, node, store)
             tg.start_soon(publisher.run)
             async for signum in signals:
@@ -87,33 +90,14 @@ async def _serve(
             tg.cancel_scope.cancel()
 
 
-async def _join(node: Node, store: SqliteStore, settings: Settings) -> None:
-    """Reconnect to the saved routing table, then bootstrap from the configured peers."""
-    saved = await store.routing.load()
-    if saved:
-        reached = await node.reconnect(saved)
-        log.info("reconnected to %d of %d saved routing-table peers", reached, len(saved))
-    if settings.bootstrap:
-        report = await node.bootstrap([parse_multiaddr(a) for a in settings.bootstrap])
-        log.info(
-            "bootstrap done: %d peers in the routing table%s",
-            len(node.dht.routing_table),
-            "" if report is None else f" after {report.requests} requests",
-        )
-
-
 # Routing-table changes are saved after this quiet period, so a burst of admissions costs one
 # write and a SIGKILL loses at most this much of the table.
 SAVE_DEBOUNCE = 1.0
-# Expired provider records are swept this often, in bounded batches (issue 5 widens this).
-EXPIRY_INTERVAL = 600.0
-EXPIRY_BATCH = 1000
 
 
 async def _keep_state(node: Node, store: SqliteStore) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(_save_routing_table, node, store)
-        tg.start_soon(_sweep_expired, node, store)
         tg.start_soon(_record_counts, node, store)
 
 
@@ -137,11 +121,3 @@ async def _record_counts(node: Node, store: SqliteStore) -> None:
         metrics.republish_backlog.set(await store.announcements.due_count(node.clock.wall()))
         metrics.store_operation_seconds.labels("count").observe(node.clock.monotonic() - started)
         await anyio.sleep(COUNTS_INTERVAL)
-
-
-async def _sweep_expired(node: Node, store: SqliteStore) -> None:
-    while True:
-        now = node.clock.wall()
-        while await store.providers.expire(now, EXPIRY_BATCH) == EXPIRY_BATCH:
-            await anyio.lowlevel.checkpoint()
-        await anyio.sleep(EXPIRY_INTERVAL)

@@ -45,6 +45,7 @@ class Settings:
     republish_interval: float = 12 * 3600.0
     provider_ttl: float = 12 * 3600.0
     provider_addr_ttl: float = 12 * 3600.0
+    expiry_interval: float = 600.0
     max_providers_per_key: int = 100
     diversity_filter: bool = True
     diversity_exempt_private: bool = True
@@ -64,6 +65,7 @@ _DURATIONS = {
     "republish_interval",
     "provider_ttl",
     "provider_addr_ttl",
+    "expiry_interval",
 }
 _POSITIVE_INTS = {
     "k",

@@ -7,11 +7,14 @@ protocol handler is installed or removed with the mode, and where bootstrap dial
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
+import dns.asyncresolver
 from multiaddr import Multiaddr
 
 from shardroute.addrs import parse_multiaddr, split_p2p
@@ -20,8 +23,9 @@ from shardroute.config import Settings
 from shardroute.errors import DialError, ShardrouteError
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
-from shardroute.kad.dht import Dht, DhtConfig, LookupReport, Mode
+from shardroute.kad.dht import Dht, DhtConfig, Mode
 from shardroute.kad.records import make_default_validator
+from shardroute.kad.refresh import Refresher
 from shardroute.kad.stores import (
     MemoryProviderStore,
     MemoryValueStore,
@@ -29,6 +33,7 @@ from shardroute.kad.stores import (
     SavedPeer,
     ValueStore,
 )
+from shardroute.net.dnsaddr import resolve_all
 from shardroute.net.host import Host, HostLimits
 from shardroute.net.kad_streams import HostKadNetwork, make_server_handler
 from shardroute.net.muxer import Direction
@@ -37,6 +42,23 @@ from shardroute.obs.metrics import DhtMetricsAdapter, Metrics
 from shardroute.protocol.identify import IdentifyInfo
 
 log = logging.getLogger(__name__)
+
+# Bootstrap retries while the table stays empty: 1 s, doubling, at most 5 min (jittered).
+BOOTSTRAP_RETRY_MIN = 1.0
+BOOTSTRAP_RETRY_MAX = 300.0
+# Expired records deleted per statement (a sweep runs as many as it needs, yielding between).
+EXPIRY_BATCH = 1000
+
+
+class _RefreshMetrics:
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def refresh_done(self, trigger: str) -> None:
+        self.m.refreshes_total.labels(trigger).inc()
+
+    def liveness_checked(self, alive: bool) -> None:
+        self.m.liveness_checks_total.labels("alive" if alive else "dead").inc()
 
 
 def dht_config(settings: Settings) -> DhtConfig:
@@ -65,6 +87,7 @@ class Node:
         metrics: Metrics | None = None,
         providers: ProviderStore | None = None,
         values: ValueStore | None = None,
+        dns_resolver: dns.asyncresolver.Resolver | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -91,6 +114,15 @@ class Node:
             metrics=DhtMetricsAdapter(self.metrics),
         )
         self._server_handler = make_server_handler(self.dht.handler, metrics=self.metrics)
+        self.dns_resolver = dns_resolver
+        self._rng = random.Random()
+        self.refresher = Refresher(
+            self.dht,
+            self.clock,
+            interval=settings.refresh_interval,
+            rejoin=lambda: self.bootstrap([parse_multiaddr(a) for a in self.settings.bootstrap]),
+            metrics=_RefreshMetrics(self.metrics),
+        )
         self._export_gauges()
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -208,19 +240,83 @@ class Node:
                 tg.start_soon(one, peer)
         return reached
 
-    async def bootstrap(self, addrs: Sequence[Multiaddr]) -> LookupReport | None:
-        """Connect to the given peers, then look up our own ID to fill the nearby buckets."""
+    async def connect_bootstrap(self, addrs: Sequence[Multiaddr]) -> int:
+        """Dial the bootstrap peers (/dnsaddr/ names resolved first), all at once; returns
+        how many answered. Addresses without a /p2p/ peer ID are skipped."""
+        resolved = await resolve_all(addrs, self.dns_resolver)
         reached = 0
-        for addr in addrs:
-            _, peer = split_p2p(addr)
-            if peer is None:
-                log.warning("bootstrap address %s has no /p2p/ peer ID; skipped", addr)
-                continue
+
+        async def one(addr: Multiaddr) -> None:
+            nonlocal reached
             try:
                 await self.connect(addr)
                 reached += 1
             except (DialError, ShardrouteError) as exc:
                 log.info("bootstrap peer %s unreachable: %s", addr, exc)
+
+        async with anyio.create_task_group() as tg:
+            for addr in resolved:
+                try:
+                    _, peer = split_p2p(addr)
+                except ValueError as exc:
+                    log.warning("bootstrap address %s skipped: %s", addr, exc)
+                    continue
+                if peer is None:
+                    log.warning("bootstrap address %s has no /p2p/ peer ID; skipped", addr)
+                    continue
+                tg.start_soon(one, addr)
+        return reached
+
+    async def bootstrap(self, addrs: Sequence[Multiaddr]) -> bool:
+        """Connect to the bootstrap peers, then look up our own ID and refresh every bucket
+        farther than the nearest non-empty one. False if the table is still empty."""
+        if addrs:
+            await self.connect_bootstrap(addrs)
         if not len(self.dht.routing_table):
-            return None
-        return await self.dht.get_closest_peers(self.peer_id.raw)
+            self.metrics.bootstrap_attempts_total.labels("empty").inc()
+            return False
+        self.metrics.bootstrap_attempts_total.labels("joined").inc()
+        await self.refresher.after_join()
+        return True
+
+    async def join(self, addrs: Sequence[Multiaddr], saved: Sequence[SavedPeer] = ()) -> None:
+        """Reconnect to a saved routing table, then bootstrap; while the table stays empty,
+        try again with exponential backoff (1 s doubling to 5 min, jittered)."""
+        if saved:
+            reached = await self.reconnect(saved)
+            log.info("reconnected to %d of %d saved routing-table peers", reached, len(saved))
+        delay = BOOTSTRAP_RETRY_MIN
+        while not await self.bootstrap(addrs):
+            if not addrs:
+                log.info("no bootstrap peers configured; waiting for peers to dial in")
+                return
+            pause = delay * (0.5 + self._rng.random())
+            log.warning("no bootstrap peer reachable; retrying in %.1f s", pause)
+            await self.clock.sleep(pause)
+            delay = min(delay * 2, BOOTSTRAP_RETRY_MAX)
+        log.info("joined: %d peers in the routing table", len(self.dht.routing_table))
+
+    async def maintain(self, addrs: Sequence[Multiaddr], saved: Sequence[SavedPeer] = ()) -> None:
+        """Join, then refresh the table and sweep expired records, until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.sweep_expired)
+            await self.join(addrs, saved)
+            tg.start_soon(self.refresher.run)
+
+    async def sweep_expired(self) -> None:
+        """Delete expired provider records (and values past their age) in bounded batches."""
+        while True:
+            now = self.clock.wall()
+            removed = 0
+            while True:
+                batch = await self.dht.providers.expire(now, EXPIRY_BATCH)
+                removed += batch
+                if batch < EXPIRY_BATCH:
+                    break
+                await anyio.lowlevel.checkpoint()
+            while await self.dht.values.expire(now - self.dht.config.max_value_age, EXPIRY_BATCH):
+                await anyio.lowlevel.checkpoint()
+            if removed:
+                self.metrics.expired_records_total.inc(removed)
+                log.info("expired %d provider records", removed)
+            await self.clock.sleep(self.settings.expiry_interval)

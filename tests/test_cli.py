@@ -129,7 +129,7 @@ def test_a_sigkilled_node_restarts_with_its_routing_table(tmp_path: Path) -> Non
         with serve(tmp_path / "b", "--bootstrap", a_lines[0]) as (b, _):
             assert b.stderr is not None
             for line in b.stderr:  # the bootstrap reached A and put it in the table
-                if "bootstrap done: 1 peers" in line:
+                if "joined: 1 peers" in line:
                     break
             db = tmp_path / "b" / "shardroute.sqlite3"
             deadline = time.monotonic() + 15

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection
+from typing import TYPE_CHECKING
 
 from shardroute import limits
-from shardroute.clock import Clock
 from shardroute.errors import InvalidPeerId, InvalidRecord, KadRequestRejected
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.messages import (
@@ -26,6 +26,9 @@ from shardroute.kad.messages import (
 )
 from shardroute.kad.records import Validator
 from shardroute.kad.stores import ProviderRecord, ProviderStore, ValueStore
+
+if TYPE_CHECKING:  # the handler stays free of anyio, which the clock module imports
+    from shardroute.clock import Clock
 
 log = logging.getLogger(__name__)
 

@@ -119,6 +119,12 @@ class RegionMap:
             members = found
         return [self._infos[p] for _, p in heapq.nsmallest(self.k, members, key=lambda e: e[0] ^ x)]
 
+    def nearest_known(self, key: Key) -> list[PeerInfo]:
+        """The k known peers nearest `key`: the fallback when lookups could not complete."""
+        x = key.value
+        best = heapq.nsmallest(self.k, self._peers.items(), key=lambda e: e[1] ^ x)
+        return [self._infos[p] for p, _ in best]
+
     def _find_region(self, x: int) -> list[tuple[int, PeerId]] | None:
         if self._whole:
             self._region = (0, 0, [(pos, p) for p, pos in self._peers.items()])

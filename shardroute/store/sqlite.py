@@ -19,7 +19,7 @@ import anyio
 from alembic import command
 from alembic.config import Config
 from multiaddr import Multiaddr
-from sqlalchemy import create_engine, delete, event, func, select
+from sqlalchemy import bindparam, create_engine, delete, event, func, select
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -387,14 +387,19 @@ class SqliteAnnouncementStore:
             return None if value is None else float(value)
 
     @atomic
-    async def published(self, keys: Sequence[bytes], next_at: float, stored_on: int) -> None:
+    async def reschedule(self, entries: Sequence[tuple[bytes, float, int]]) -> None:
+        """(key, next publish time, peers that took the last round) for each shard; one
+        transaction. Shards withdrawn meanwhile stay withdrawn (no row to update)."""
+        if not entries:
+            return
         t = announcements
+        stmt = (
+            t.update()
+            .where(t.c.key == bindparam("k"))
+            .values(next_publish_at=bindparam("n"), stored_on=bindparam("s"))
+        )
         async with self.engine.begin() as conn:
-            await conn.execute(
-                t.update()
-                .where(t.c.key.in_(list(keys)))
-                .values(next_publish_at=next_at, stored_on=stored_on)
-            )
+            await conn.execute(stmt, [{"k": k, "n": n, "s": s} for k, n, s in entries])
 
     @atomic
     async def contains(self, key: bytes) -> bool:

@@ -123,7 +123,7 @@ async def test_values_routing_table_and_announcements(tmp_path: Path) -> None:
     first = await store.announcements.due(now=1.0, limit=3)
     assert len(first) == 3 and set(first) <= set(keys)
     assert await store.announcements.due(now=0.5, limit=10) == []  # not due before they were added
-    await store.announcements.published(keys[:3], next_at=100.0, stored_on=20)
+    await store.announcements.reschedule([(k, 100.0, 20) for k in keys[:3]])
     assert set(await store.announcements.due(now=50.0, limit=10)) == set(keys[3:])
     assert await store.announcements.remove(keys[:1]) == 1
     assert (
@@ -137,7 +137,11 @@ async def test_due_count_follows_the_schedule(tmp_path: Path) -> None:
     keys = [bytes([0x12, 0x20]) + bytes([i]) * 32 for i in range(4)]
     await store.announcements.add([(k, 0x55) for k in keys], now=10.0)
     assert await store.announcements.due_count(10.0) == 4
-    await store.announcements.published(keys[:3], next_at=50.0, stored_on=20)
+    await store.announcements.reschedule([(k, 50.0 + i, 20) for i, k in enumerate(keys[:3])])
     assert await store.announcements.due_count(20.0) == 1
     assert await store.announcements.next_due_at() == 10.0
+    await store.announcements.remove(keys[3:])
+    assert await store.announcements.due(now=51.5, limit=10) == keys[:2]  # each its own time
+    await store.announcements.reschedule([(keys[3], 1.0, 0)])  # withdrawn: stays withdrawn
+    assert await store.announcements.count() == 3
     await store.close()
