@@ -442,23 +442,31 @@ class Dht:
 
     async def check_liveness(self, peer: PeerId) -> bool | None:
         """Probe a table peer (FIND_NODE for our own id): alive, it is marked seen; silent, it
-        is evicted and the replacement cache backfills its place. None if a probe of `peer` is
+        is evicted and the replacement cache backfills its place, each backfill probed in turn
+        before it counts (a cached peer may have left too). None if a probe of `peer` is
         already running or it is not in the table."""
         if peer in self._probing or peer not in self.routing_table:
             return None
-        self._probing.add(peer)
-        try:
-            alive = await self._ping(peer)
-        finally:
-            self._probing.discard(peer)
-        if alive:
-            self.routing_table.confirm_alive(peer, self.clock.monotonic())
-        elif peer in self.routing_table:
-            backfill = self.routing_table.evict(peer)
-            log.debug("evicted unresponsive %s; %s takes its place", peer, backfill)
+        first: bool | None = None
+        candidate: PeerId | None = peer
+        while candidate is not None and candidate not in self._probing:
+            self._probing.add(candidate)
+            try:
+                alive = await self._ping(candidate)
+            finally:
+                self._probing.discard(candidate)
+            first = alive if first is None else first
+            if alive:
+                self.routing_table.confirm_alive(candidate, self.clock.monotonic())
+                break
+            if candidate not in self.routing_table:
+                break
+            backfill = self.routing_table.evict(candidate)
+            log.debug("evicted unresponsive %s; %s takes its place", candidate, backfill)
             self._evicted("unresponsive")
             self._table_changed()
-        return alive
+            candidate = backfill
+        return first
 
     def _table_changed(self) -> None:
         self.table_changed.fire()

@@ -292,9 +292,12 @@ class RoutingTable:
         return Counter(self._cpl(e.key) for b in self._buckets for e in b.entries.values())
 
     def stale_peers(self, now: float, max_age: float) -> list[PeerId]:
-        """Peers not heard from within `max_age` seconds: refresh probes them."""
+        """Peers not heard from for `max_age` seconds or more: refresh probes them."""
         return [
-            e.peer for b in self._buckets for e in b.entries.values() if now - e.last_seen > max_age
+            e.peer
+            for b in self._buckets
+            for e in b.entries.values()
+            if now - e.last_seen >= max_age
         ]
 
     # -- persistence ---------------------------------------------------------------------------
