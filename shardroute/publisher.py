@@ -170,10 +170,13 @@ class Publisher:
         assignments = await self._assign(keys)
         accepted = await self.dht.provide_assigned(assignments)
         now = self.clock.wall()
+        # The next slot after this pass's window, or the same shards would be taken again at
+        # once; the gap stays under cycle + window < provider TTL.
+        after = now + self.window()
         schedule = []
         for key in keys:
             took = accepted.get(key, 0)
-            next_at = now + self.retry_delay if took == 0 else next_slot(key, now, self.cycle)
+            next_at = now + self.retry_delay if took == 0 else next_slot(key, after, self.cycle)
             schedule.append((key, next_at, took))
         await self.store.reschedule(schedule)
         ok = sum(1 for _, _, took in schedule if took)

@@ -7,9 +7,9 @@ A refresh round is
 - a liveness probe of every table peer not heard from within the interval; the silent ones are
   evicted and the replacement cache fills their place.
 
-The round repeats every `interval`; while the table holds fewer than k peers, or after a round
-that evicted many peers, the next one comes after `interval / 10` (at least `min_interval`)
-instead. When the table is empty the `rejoin` callback (the bootstrap) runs first.
+The round repeats every `interval`; after a round that evicted many peers, or while the table
+holds fewer than k peers and the last round changed it, the next one comes after
+`interval / 10` (at least `min_interval`) instead. When the table is empty the `rejoin` callback (the bootstrap) runs first.
 All waiting is on the injected clock.
 """
 
@@ -148,10 +148,12 @@ class Refresher:
         self.last = report
         return report
 
-    def next_delay(self, report: RefreshReport) -> float:
-        """`interval`, or sooner while the table is short or after a burst of evictions."""
-        short = report.table_size < self.dht.config.k
-        burst = report.evicted >= max(2, self.dht.config.k // 4)
+    def next_delay(self, report: RefreshReport, size_before: int) -> float:
+        """`interval`, or a tenth of it after a burst of evictions, or while the table is short
+        of k peers and still changing (a network smaller than k+1 is not worth re-asking)."""
+        k = self.dht.config.k
+        short = report.table_size < k and report.table_size != size_before
+        burst = report.evicted >= max(2, k // 4)
         if short or burst:
             return max(self.min_interval, self.interval / 10)
         return self.interval
@@ -164,6 +166,7 @@ class Refresher:
             await self.clock.sleep(delay)
             if not len(self.dht.routing_table) and self.rejoin is not None:
                 await self.rejoin()
+            size_before = len(self.dht.routing_table)
             report = await self.refresh(trigger)
-            delay = self.next_delay(report)
+            delay = self.next_delay(report, size_before)
             trigger = "scheduled" if delay == self.interval else "adaptive"

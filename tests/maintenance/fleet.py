@@ -111,11 +111,11 @@ class Fleet:
         return sum(m.sleepers for m in self.live) + self.extra_sleepers
 
     async def settle(self) -> None:
-        await self.clock.wait_sleepers(self.sleepers(), stall_limit=120)
+        await self.clock.wait_sleepers(self.sleepers(), stall_limit=60)
 
     async def run_for(self, seconds: float) -> None:
         await self.clock.run_until(
-            self.clock.monotonic() + seconds, sleepers=self.sleepers(), stall_limit=120
+            self.clock.monotonic() + seconds, sleepers=self.sleepers(), stall_limit=60
         )
 
     async def close(self) -> None:
