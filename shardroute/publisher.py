@@ -201,7 +201,8 @@ class Publisher:
                 if self.metrics is not None:
                     self.metrics.republish_backlog.set(0)
                 next_at = await self.store.next_due_at()
-                pause = self.cycle if next_at is None else next_at - self.window() - now
+                # Wake when the next shard is due; the pass then takes a window's worth ahead.
+                pause = self.cycle if next_at is None else next_at - now
                 await self._sleep_or_wake(pause)
                 continue
             try:

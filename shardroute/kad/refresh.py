@@ -9,8 +9,8 @@ A refresh round is
 
 The round repeats every `interval`; after a round that evicted many peers, or while the table
 holds fewer than k peers and the last round changed it, the next one comes after
-`interval / 10` (at least `min_interval`) instead. When the table is empty the `rejoin` callback (the bootstrap) runs first.
-All waiting is on the injected clock.
+`interval / 10` (at least `min_interval`) instead. When the table is empty the `rejoin`
+callback (the bootstrap) runs first. All waiting is on the injected clock.
 """
 
 from __future__ import annotations
