@@ -102,7 +102,7 @@ async def test_republishing_10000_shards_costs_few_lookups_and_all_stay_findable
             assert await store.announcements.due_count(crew.clock.wall()) == 0
             first = dataclasses.replace(publisher.stats)
             assert first.shards == len(shards)
-            # One whole cycle: each shard's next slot falls in it once (taken a window early at most).
+            # One cycle: each shard's next slot falls in it once (taken a window early at most).
             await crew.run_for(publisher.cycle + publisher.window())
             cycle_shards = publisher.stats.shards - first.shards
             cycle_lookups = publisher.stats.lookups - first.lookups
