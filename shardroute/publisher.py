@@ -103,6 +103,7 @@ class Publisher:
         self.metrics = metrics
         self.stats = PublishStats()
         self._wake = Signal()
+        self.passed = Signal()  # fired after every pass
         self._regions: RegionMap | None = None
         self._regions_at = -math.inf
 
@@ -121,6 +122,12 @@ class Publisher:
         """Provide these shards now; returns the fewest peers that took a record."""
         accepted = await self.publish([c.dht_key for c in cids])
         return min(accepted.values(), default=0)
+
+    async def drained(self) -> None:
+        """Wait until no announced shard is due (tests, benchmarks, graceful callers)."""
+        while await self.store.due_count(self.clock.wall()) > 0:
+            with anyio.move_on_after(1.0):  # a pass may end between the count and the wait
+                await self.passed.wait()
 
     # -- the sweep -----------------------------------------------------------------------------
 
@@ -185,6 +192,7 @@ class Publisher:
         self.stats.failed += len(keys) - ok
         self.stats.messages += messages
         self.stats.passes += 1
+        self.passed.fire()
         if self.metrics is not None:
             self.metrics.republished_shards_total.labels("stored").inc(ok)
             self.metrics.republished_shards_total.labels("failed").inc(len(keys) - ok)

@@ -65,6 +65,8 @@ async def test_findable_for_48_hours_then_gone_12_hours_after_its_provider_stopp
         shard = ContentId.from_shard_hash(os.urandom(32))
         async with announcer(crew, tmp_path) as (member, publisher, _):
             await publisher.announce([shard])
+            with anyio.fail_after(30):
+                await publisher.drained()
             await crew.settle()
             others = [m for m in crew.live if m is not member]
             for probe in range(96):  # every 30 min for 48 h
@@ -98,6 +100,8 @@ async def test_republishing_10000_shards_costs_few_lookups_and_all_stay_findable
             shards = [ContentId.from_shard_hash(os.urandom(32)) for _ in range(10_000)]
             for start in range(0, len(shards), 1000):
                 await publisher.announce(shards[start : start + 1000])
+            with anyio.fail_after(120):
+                await publisher.drained()
             await crew.settle()
             assert await store.announcements.due_count(crew.clock.wall()) == 0
             first = dataclasses.replace(publisher.stats)
