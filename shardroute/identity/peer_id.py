@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -15,6 +16,10 @@ SHA2_256_CODE = 0x12
 # Keys whose protobuf is at most this long are inlined (identity multihash), per the spec.
 MAX_INLINE_KEY_LENGTH = 42
 LIBP2P_KEY_CODEC = 0x72
+
+# The same few thousand peers are printed over and over (API replies, logs); base58 of a
+# 38-byte ID is a big-integer loop of ~50 divisions.
+_base58_of = functools.lru_cache(maxsize=4096)(b58encode)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -78,7 +83,7 @@ class PeerId:
         return cls.from_bytes(cid.multihash)
 
     def to_base58(self) -> str:
-        return b58encode(self.raw)
+        return _base58_of(self.raw)
 
     def __str__(self) -> str:
         return self.to_base58()
