@@ -12,6 +12,7 @@ so a slow server shows up as latency instead of silently lowering the offered lo
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import signal
@@ -178,6 +179,10 @@ async def open_loop(
         # From the scheduled start: a request the client sent late still counts its wait.
         latencies.append(time.perf_counter() - start)
 
+    # This script's own full collections (it holds every digest it announced) stalled it for
+    # 40-50 ms and showed up as server latency; its setup objects are left out of them.
+    gc.collect()
+    gc.freeze()
     t0 = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for i in range(total):
@@ -206,10 +211,14 @@ async def main(args: argparse.Namespace) -> None:
                 announce_rate = len(digests) / (time.perf_counter() - t0)
                 # 2. local-hit find-providers: capacity, then latency at the aimed rate
                 await closed_loop(client, hot_keys, 16, 1.0)  # warm-up
-                capacity = closed_loop_rate = await closed_loop(client, hot_keys, 16, args.seconds)
+                capacity = await closed_loop(client, hot_keys, 16, args.seconds)
                 cpu0 = cpu_seconds(proc.pid)
-                latencies, achieved = await open_loop(client, hot_keys, args.rate, args.seconds)
-                server_cpu = (cpu_seconds(proc.pid) - cpu0) / len(latencies)
+                small_rounds = [
+                    await open_loop(client, hot_keys, args.rate, args.seconds)
+                    for _ in range(args.rounds)
+                ]
+                served = sum(len(lat) for lat, _ in small_rounds)
+                server_cpu = (cpu_seconds(proc.pid) - cpu0) / served
                 rss_small = rss_mib(proc.pid)
         # 3. bytes per record and memory with many records
         await fill(data_dir, args.records - len(hot_keys), [])
@@ -220,9 +229,19 @@ async def main(args: argparse.Namespace) -> None:
                 info = await client.node_info()
                 total = info.stored_records
                 await closed_loop(client, hot_keys, 16, 1.0)
-                big_latencies, _ = await open_loop(client, hot_keys, args.rate, args.seconds)
+                big_rounds = [
+                    await open_loop(client, hot_keys, args.rate, args.seconds)
+                    for _ in range(args.rounds)
+                ]
                 rss_large = rss_mib(proc.pid)
-    del closed_loop_rate
+
+    def rounds(results: list[tuple[list[float], float]]) -> str:
+        return ", ".join(
+            f"{pct(lat, 0.5) * 1000:.2f} / {pct(lat, 0.99) * 1000:.2f}" for lat, _ in results
+        )
+
+    achieved = min(rate for _, rate in small_rounds + big_rounds)
+    everything = [x for lat, _ in small_rounds for x in lat]
 
     body = f"""
 Script: `bench/bench_service.py`. The node is a `shardroute serve` subprocess (SQLite in WAL mode,
@@ -230,18 +249,31 @@ synchronous=FULL); this script is the storage node, calling it through `shardrou
 gRPC on 127.0.0.1, in its own process (the machine's two cores: one each). Announce is durable
 before it is acknowledged (one transaction per batch). Find-providers are local hits (the record
 is in the store) with count 1. Capacity is with 16 requests always in flight; latency is
-open-loop at {args.rate:,.0f} requests/s for {args.seconds:.0f} s, from each request's scheduled
-start to its last message.
+open-loop at {args.rate:,.0f} requests/s in {args.rounds} rounds of {args.seconds:.0f} s (each
+kept up at ≥ {achieved:,.0f}/s), from each request's scheduled start to its last message.
 
 | measure | result | aim |
 |---|---|---|
 | durable announce, batches of 1,000 ({args.announce:,} shards) | {announce_rate:,.0f} shards/s | ≥ 20,000 |
 | find-providers capacity (local hits, 16 in flight) | {capacity:,.0f} /s | ≥ 2,000 |
-| find-providers latency at {achieved:,.0f}/s offered, p50 / p99 | {pct(latencies, 0.5) * 1000:.2f} / {pct(latencies, 0.99) * 1000:.2f} ms | p99 < 10 ms |
-| same, with {total:,} stored records | {pct(big_latencies, 0.5) * 1000:.2f} / {pct(big_latencies, 0.99) * 1000:.2f} ms | |
+| find-providers latency at {args.rate:,.0f}/s, p50 / p99, all rounds | {pct(everything, 0.5) * 1000:.2f} / {pct(everything, 0.99) * 1000:.2f} ms | p99 < 10 ms |
+| same, round by round ({len(hot_keys):,} stored records) | {rounds(small_rounds)} ms | |
+| same, round by round ({total:,} stored records) | {rounds(big_rounds)} ms | |
 | server CPU per local find | {server_cpu * 1e6:.0f} µs | |
 | provider records on disk ({total:,} records) | {size / total:.0f} bytes/record | < 200 |
 | server resident memory with {len(hot_keys):,} / {total:,} stored records | {rss_small:.0f} / {rss_large:.0f} MiB | flat |
+
+Where the time goes (py-spy and cProfile, 2026-11-22). gRPC itself: a bare grpc.aio servicer
+that yields one constant message costs ~275 µs of server CPU per streaming call on this machine,
+so most of the CPU per find above is gRPC's. Before this version a local read went through
+aiosqlite (two hand-offs to its thread per query: ~117 µs CPU; earlier still, SQLAlchemy's
+async pool, ~3x that); it is now an inline indexed read on a WAL reader connection (~13 µs), and
+peer IDs' base58 text is cached. Tail: full garbage collections walked every object start-up had
+built and stalled the server 40-55 ms; `serve` now freezes those objects after start-up. This
+script freezes its own setup objects for the same reason (its stalls were counted as server
+latency). What is left in the tail are stalls that hit both processes at once (the VM's), seen
+with an event-loop lag probe in each. Announce: one transaction per batch, synchronous=FULL.
+Bytes per record: a record refers to its provider's peer ID by a small integer (migration 0003).
 """
     print(body)
     if not args.no_write:
@@ -254,5 +286,6 @@ if __name__ == "__main__":
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=2000.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     anyio.run(main, parser.parse_args(), backend="asyncio")

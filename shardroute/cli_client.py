@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 
 from shardroute.client import DEFAULT_ADDRESS, Client, ShardLike
+from shardroute.content import ContentId
+from shardroute.errors import InvalidCid
 
 ANNOUNCE_BATCH = 1000
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
@@ -61,17 +63,46 @@ def shard_arg(text: str) -> ShardLike:
     return bytes.fromhex(text) if _HEX64.fullmatch(text) else text
 
 
-def _lines(path: Path) -> Iterator[str]:
+class BadShardList(ValueError):
+    """A shard given to announce is neither a CID nor a 64-hex-digit hash; nothing was sent."""
+
+
+def _check_shard(text: str, where: str) -> None:
+    text = text.strip()
+    if _HEX64.fullmatch(text):
+        return
+    try:
+        ContentId.parse(text)
+    except InvalidCid as exc:
+        raise BadShardList(
+            f"{where}: {text[:80]!r} is neither a CID nor a 64-hex-digit SHA-256 ({exc})"
+        ) from None
+
+
+def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
     with path.open() as fh:
-        for line in fh:
+        for number, line in enumerate(fh, 1):
             if line.strip():
-                yield line
+                yield number, line
+
+
+def _count_checked(args: argparse.Namespace) -> int:
+    """Every shard of the command line and of --file, checked before anything is sent: a bad
+    line a million lines in must not leave the first 999,000 announced and the rest not."""
+    for i, text in enumerate(args.shards):
+        _check_shard(text, f"argument {i + 1}")
+    total = len(args.shards)
+    if args.file is not None:
+        for number, line in _file_lines(args.file):
+            _check_shard(line, f"{args.file}:{number}")
+            total += 1
+    return total
 
 
 def _batches(args: argparse.Namespace) -> Iterator[list[ShardLike]]:
     batch = [shard_arg(s) for s in args.shards]
     if args.file is not None:
-        for line in _lines(args.file):
+        for _, line in _file_lines(args.file):
             batch.append(shard_arg(line))
             if len(batch) >= ANNOUNCE_BATCH:
                 yield batch
@@ -98,36 +129,7 @@ def _emit(args: argparse.Namespace, data: Any, human: str) -> None:
 def _run(client: Client, args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "announce":
-        if not args.shards and args.file is None:
-            print("shardroute announce: give CIDs or hashes, or --file", file=sys.stderr)
-            return 2
-        total, fewest = 0, None
-        progress = None
-        if args.file is not None and not args.json and sys.stderr.isatty():
-            from rich.progress import Progress
-
-            progress = Progress(transient=True)
-            progress.start()
-            task = progress.add_task("announcing", total=None)
-        try:
-            for batch in _batches(args):
-                result = client.announce(batch, wait=args.wait)
-                total += result.announced
-                if result.stored_on is not None:
-                    fewest = result.stored_on if fewest is None else min(fewest, result.stored_on)
-                if progress is not None:
-                    progress.update(task, completed=total)
-        finally:
-            if progress is not None:
-                progress.stop()
-        data: dict[str, Any] = {"announced": total}
-        if args.wait:
-            data["stored_on"] = fewest or 0
-        human = f"announced {total} shards" + (
-            f", stored on at least {fewest or 0} peers" if args.wait else ""
-        )
-        _emit(args, data, human)
-        return 0
+        return _announce(client, args)
     if cmd == "withdraw":
         n = client.withdraw([shard_arg(s) for s in args.shards])
         _emit(args, {"withdrawn": n}, f"withdrew {n} shards")
@@ -212,4 +214,49 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         "connections": info.connections,
     }
     _emit(args, status, "\n".join(f"{k}: {v}" for k, v in status.items()))
+    return 0
+
+
+def _announce(client: Client, args: argparse.Namespace) -> int:
+    if not args.shards and args.file is None:
+        print("shardroute announce: give CIDs or hashes, or --file", file=sys.stderr)
+        return 2
+    try:
+        expected = _count_checked(args)
+    except (BadShardList, OSError, UnicodeDecodeError) as exc:
+        print(f"shardroute announce: {exc}; nothing was announced", file=sys.stderr)
+        return 2
+    total, fewest = 0, None
+    progress = None
+    # A bar for the operator watching a big file go in; never in a pipe or a log.
+    if args.file is not None and sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        progress = Progress(
+            *Progress.get_default_columns()[:-1],
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        progress.start()
+        task = progress.add_task("announcing", total=expected)
+    try:
+        for batch in _batches(args):
+            result = client.announce(batch, wait=args.wait)
+            total += result.announced
+            if result.stored_on is not None:
+                fewest = result.stored_on if fewest is None else min(fewest, result.stored_on)
+            if progress is not None:
+                progress.update(task, completed=total)
+    finally:
+        if progress is not None:
+            progress.stop()
+    data: dict[str, Any] = {"announced": total}
+    if args.wait:
+        data["stored_on"] = fewest or 0
+    human = f"announced {total} shards" + (
+        f", stored on at least {fewest or 0} peers" if args.wait else ""
+    )
+    _emit(args, data, human)
     return 0

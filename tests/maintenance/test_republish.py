@@ -63,17 +63,28 @@ async def test_findable_for_48_hours_then_gone_12_hours_after_its_provider_stopp
     async with fleet(settings) as crew:
         await grow(crew, 19)
         shard = ContentId.from_shard_hash(os.urandom(32))
+        dropped = ContentId.from_shard_hash(os.urandom(32))  # withdrawn after 6 h
         async with announcer(crew, tmp_path) as (member, publisher, _):
-            await publisher.announce([shard])
+            await publisher.announce([shard, dropped])
             with anyio.fail_after(30):
                 await publisher.drained()
             await crew.settle()
             others = [m for m in crew.live if m is not member]
+            withdrawn_at = None
             for probe in range(96):  # every 30 min for 48 h
                 await crew.run_for(HOUR / 2)
                 finder = rng.choice(others)
                 found = await providers_of(finder, shard.dht_key)
                 assert found == [member.node.peer_id], f"not found at {(probe + 1) / 2} h"
+                if probe == 11:
+                    assert await providers_of(finder, dropped.dht_key) == [member.node.peer_id]
+                    assert await publisher.withdraw([dropped]) == 1
+                    withdrawn_at = crew.clock.monotonic()
+                elif withdrawn_at and crew.clock.monotonic() - withdrawn_at > 12 * HOUR:
+                    # its last republish came before the withdrawal, so its copies are gone
+                    assert await providers_of(finder, dropped.dht_key) == [], (
+                        f"withdrawn shard still found at {(probe + 1) / 2} h"
+                    )
             assert publisher.stats.shards >= 48 * HOUR // publisher.cycle + 1
             await crew.kill(member)
         stopped = crew.clock.monotonic()
