@@ -45,6 +45,8 @@ async def _serve(
     announce: Callable[[Sequence[str]], None],
 ) -> None:
     metrics = Metrics(prometheus_client.REGISTRY)
+    store_seconds = metrics.store_operation_seconds
+    store.observe_with(lambda operation, seconds: store_seconds.labels(operation).observe(seconds))
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         node = Node(
             settings, identity, providers=store.providers, values=store.values, metrics=metrics
@@ -121,9 +123,7 @@ COUNTS_INTERVAL = 15.0
 async def _record_counts(node: Node, store: SqliteStore) -> None:
     metrics = node.metrics
     while True:
-        started = node.clock.monotonic()
         metrics.provider_records_stored.set(await store.providers.count(node.clock.wall()))
         metrics.provider_records_announced.set(await store.announcements.count())
         metrics.republish_backlog.set(await store.announcements.due_count(node.clock.wall()))
-        metrics.store_operation_seconds.labels("count").observe(node.clock.monotonic() - started)
         await anyio.sleep(COUNTS_INTERVAL)

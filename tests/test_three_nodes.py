@@ -213,6 +213,8 @@ def test_serve_exposes_prometheus_metrics(tmp_path: Path) -> None:
         proc.stdout.readline()
         wait_serving(grpc_port)
         assert cli(grpc_port, "announce", SHARD).returncode == 0
+        # a local read (no record, no peers: UNAVAILABLE) still times the store
+        assert cli(grpc_port, "find", SHARD, "--timeout", "2").returncode == 1
         with urllib.request.urlopen(
             f"http://127.0.0.1:{metrics_port}/metrics", timeout=10
         ) as reply:
@@ -225,6 +227,12 @@ def test_serve_exposes_prometheus_metrics(tmp_path: Path) -> None:
         ):
             assert name in text, name
         assert 'shardroute_grpc_requests_total{code="OK",method="Announce"} 1.0' in text
+        assert 'shardroute_grpc_requests_total{code="UNAVAILABLE",method="FindProviders"}' in text
+        # the durable write behind the acknowledgement, and the local read, are timed
+        for operation in ("announcements.add", "providers.get_providers"):
+            assert (
+                f'shardroute_store_operation_seconds_count{{operation="{operation}"}} 1.0' in text
+            ), operation
     finally:
         proc.terminate()
         proc.wait(timeout=15)

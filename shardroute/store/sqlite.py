@@ -12,7 +12,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -90,18 +90,39 @@ _PROVIDERS_SQL = (
 
 P = ParamSpec("P")
 R = TypeVar("R")
+# (operation, seconds): how the store reports its latency (the node feeds a histogram).
+StoreObserver = Callable[[str, float], None]
 
 
-def atomic(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Run a store operation shielded from cancellation: they are short, and one cut off
-    inside aiosqlite leaves its connection (and thread) behind, which stalls the process."""
+class _Repository:
+    """What every repository shares: its name in metrics and the latency observer."""
 
-    @functools.wraps(fn)
-    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+    name = ""
+    observe: StoreObserver | None = None
+
+    def _observed(self, operation: str, started: float) -> None:
+        if self.observe is not None:
+            self.observe(f"{self.name}.{operation}", time.perf_counter() - started)
+
+
+Repo = TypeVar("Repo", bound=_Repository)
+
+
+def atomic(
+    fn: Callable[Concatenate[Repo, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Repo, P], Coroutine[Any, Any, R]]:
+    """Run a store operation shielded from cancellation (they are short, and one cut off
+    inside aiosqlite leaves its connection and thread behind, which stalls the process), and
+    report how long it took."""
+
+    async def run(self: Repo, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        started = time.perf_counter()
         with anyio.CancelScope(shield=True):
-            result = await fn(*args, **kwargs)
+            result = await fn(self, *args, **kwargs)
+        self._observed(fn.__name__, started)
         return result
 
+    functools.update_wrapper(run, fn)
     return run
 
 
@@ -139,6 +160,11 @@ class SqliteStore:
         store.providers.reader = _open_reader(path)
         return store
 
+    def observe_with(self, observer: StoreObserver) -> None:
+        """Report every operation's latency to `observer` (operation, seconds)."""
+        for repository in (self.providers, self.values, self.routing, self.announcements):
+            repository.observe = observer
+
     async def close(self) -> None:
         if self.providers.reader is not None:
             self.providers.reader.close()
@@ -161,7 +187,9 @@ def _open_reader(path: Path) -> sqlite3.Connection:
     return reader
 
 
-class SqliteProviderStore:
+class SqliteProviderStore(_Repository):
+    name = "providers"
+
     def __init__(
         self, engine: AsyncEngine, max_per_key: int = DEFAULT_MAX_PROVIDERS_PER_KEY
     ) -> None:
@@ -219,7 +247,9 @@ class SqliteProviderStore:
     async def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderRecord]:
         if self.reader is None:
             raise RuntimeError("open the store with SqliteStore.open()")
+        started = time.perf_counter()
         rows = self.reader.execute(_PROVIDERS_SQL, (key, now, limit)).fetchall()
+        self._observed("get_providers", started)
         await anyio.lowlevel.checkpoint()
         return [
             ProviderRecord(
@@ -255,7 +285,9 @@ class SqliteProviderStore:
             return int(await conn.scalar(query) or 0)
 
 
-class SqliteValueStore:
+class SqliteValueStore(_Repository):
+    name = "values"
+
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
@@ -291,7 +323,9 @@ class SqliteValueStore:
             return len(keys)
 
 
-class SqliteRoutingTableStore:
+class SqliteRoutingTableStore(_Repository):
+    name = "routing"
+
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
@@ -326,7 +360,9 @@ class SqliteRoutingTableStore:
             ]
 
 
-class SqliteAnnouncementStore:
+class SqliteAnnouncementStore(_Repository):
+    name = "announcements"
+
     """The shards this node announces, with when each is next due for (re)publishing."""
 
     def __init__(self, engine: AsyncEngine) -> None:
