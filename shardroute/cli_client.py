@@ -53,6 +53,8 @@ def add_client_commands(sub: Any) -> None:
     closest.add_argument("key", metavar="KEY")
     connect = command("connect", "Dial a peer now.")
     connect.add_argument("multiaddr", metavar="MULTIADDR")
+    mode = command("mode", "Switch the node's DHT mode now (until restart; --mode at start).")
+    mode.add_argument("mode", choices=("server", "client"))
     command("peers", "The node's routing table.")
     command("status", "The node's state.")
     command("id", "The node's peer ID and addresses.")
@@ -194,7 +196,10 @@ def _run(client: Client, args: argparse.Namespace) -> int:
             "\n".join(f"{p.bucket:3d} {p.peer_id} {' '.join(p.addrs)}" for p in table),
         )
         return 0
-    info = client.node_info()
+    info = client.set_mode(args.mode) if cmd == "mode" else client.node_info()
+    if cmd == "mode":
+        _emit(args, {"mode": info.mode}, f"now in {info.mode} mode")
+        return 0
     if cmd == "id":
         _emit(
             args,

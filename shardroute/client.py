@@ -76,6 +76,12 @@ def _provider(p: pb.Provider) -> Provider:
     return Provider(p.peer_id, tuple(p.addrs))
 
 
+def _mode_number(mode: str) -> pb.Mode:
+    """The wire value of a mode name; anything else goes as MODE_UNSPECIFIED, which the node
+    refuses with INVALID_ARGUMENT naming the field."""
+    return {"server": pb.MODE_SERVER, "client": pb.MODE_CLIENT}.get(mode, pb.MODE_UNSPECIFIED)
+
+
 def _info(m: pb.NodeInfo) -> NodeInfo:
     mode = {pb.MODE_SERVER: "server", pb.MODE_CLIENT: "client"}.get(m.mode, "unknown")
     return NodeInfo(
@@ -164,6 +170,11 @@ class AsyncClient:
 
     async def node_info(self) -> NodeInfo:
         return _info(await self._stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=self.timeout))
+
+    async def set_mode(self, mode: str) -> NodeInfo:
+        """ "server" or "client", until the node restarts."""
+        request = pb.SetModeRequest(mode=_mode_number(mode))
+        return _info(await self._stub.SetMode(request, timeout=self.timeout))
 
     async def routing_table(self) -> list[RoutingPeer]:
         reply = await self._stub.ListRoutingTable(
@@ -263,6 +274,11 @@ class Client:
 
     def node_info(self) -> NodeInfo:
         return _info(self._stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=self.timeout))
+
+    def set_mode(self, mode: str) -> NodeInfo:
+        """ "server" or "client", until the node restarts."""
+        request = pb.SetModeRequest(mode=_mode_number(mode))
+        return _info(self._stub.SetMode(request, timeout=self.timeout))
 
     def routing_table(self) -> list[RoutingPeer]:
         reply = self._stub.ListRoutingTable(pb.ListRoutingTableRequest(), timeout=self.timeout)

@@ -15,6 +15,7 @@ from shardroute.addrs import parse_multiaddr
 from shardroute.api.convert import BadRequest, key_bytes, provider, shard_to_cid, shards_to_cids
 from shardroute.content import ContentId
 from shardroute.errors import DialError, InvalidRecord, ShardrouteError
+from shardroute.kad.dht import Mode
 from shardroute.kad.keyspace import Key
 from shardroute.kad.messages import PeerInfo
 from shardroute.node import Node
@@ -257,21 +258,39 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
     async def GetNodeInfo(
         self, request: pb.GetNodeInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.NodeInfo:
-        async def run() -> pb.NodeInfo:
-            host = self.node.host
-            return pb.NodeInfo(
-                peer_id=str(host.peer_id),
-                addrs=[str(a) for a in host.advertised_addrs()],
-                mode=pb.MODE_SERVER if self.node.mode == "server" else pb.MODE_CLIENT,
-                protocol=self.node.protocol,
-                routing_table_size=len(self.node.dht.routing_table),
-                stored_records=await self.store.providers.count(self.node.clock.wall()),
-                announced_records=await self.store.announcements.count(),
-                agent_version=f"shardroute/{__version__}",
-                connections=host.connection_count,
-            )
+        return await self._guard("GetNodeInfo", context, self._node_info)
 
-        return await self._guard("GetNodeInfo", context, run)
+    async def SetMode(
+        self, request: pb.SetModeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.NodeInfo:
+        async def run() -> pb.NodeInfo:
+            modes: dict[int, Mode] = {pb.MODE_SERVER: "server", pb.MODE_CLIENT: "client"}
+            if request.mode not in modes:
+                # proto3 enums are open: an unknown number arrives as that number
+                name = pb.Mode.Name(request.mode) if request.mode == pb.MODE_UNSPECIFIED else None
+                raise BadRequest(
+                    f"mode: must be MODE_SERVER or MODE_CLIENT, got {name or request.mode}"
+                )
+            if modes[request.mode] != self.node.mode:
+                self.node.set_mode(modes[request.mode])
+                log.info("switched to %s mode through the API", modes[request.mode])
+            return await self._node_info()
+
+        return await self._guard("SetMode", context, run)
+
+    async def _node_info(self) -> pb.NodeInfo:
+        host = self.node.host
+        return pb.NodeInfo(
+            peer_id=str(host.peer_id),
+            addrs=[str(a) for a in host.advertised_addrs()],
+            mode=pb.MODE_SERVER if self.node.mode == "server" else pb.MODE_CLIENT,
+            protocol=self.node.protocol,
+            routing_table_size=len(self.node.dht.routing_table),
+            stored_records=await self.store.providers.count(self.node.clock.wall()),
+            announced_records=await self.store.announcements.count(),
+            agent_version=f"shardroute/{__version__}",
+            connections=host.connection_count,
+        )
 
     async def ListRoutingTable(
         self, request: pb.ListRoutingTableRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -24,6 +24,8 @@ from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
 from shardroute.node import Node
 from shardroute.obs.metrics import Metrics
+from shardroute.pb.api.v1 import shardroute_pb2 as pb
+from shardroute.pb.api.v1 import shardroute_pb2_grpc as pb_grpc
 from shardroute.publisher import Publisher
 from shardroute.store.sqlite import SqliteStore
 
@@ -125,6 +127,8 @@ BAD_REQUESTS = [
         "multiaddr",
     ),
     ("put", {"key": b"/icn/x", "value": b"v"}, grpc.StatusCode.INVALID_ARGUMENT, "namespace"),
+    ("mode", {"mode": 0}, grpc.StatusCode.INVALID_ARGUMENT, "mode: must be"),
+    ("mode", {"mode": 7}, grpc.StatusCode.INVALID_ARGUMENT, "got 7"),  # unknown enum value
 ]
 
 
@@ -148,11 +152,17 @@ async def test_bad_requests_get_the_right_code_and_change_nothing(
                 await c.closest_peers(args["key"])  # type: ignore[arg-type]
             elif call == "connect":
                 await c.connect(args["multiaddr"])  # type: ignore[arg-type]
+            elif call == "mode":
+                # the raw stub: the client's own API cannot even express an unknown value
+                async with grpc.aio.insecure_channel(s.address) as channel:
+                    stub = pb_grpc.ShardRouteStub(channel)  # type: ignore[no-untyped-call]
+                    await stub.SetMode(pb.SetModeRequest(mode=args["mode"]))  # type: ignore[arg-type]
             else:
                 await c.put_value(args["key"], args["value"])  # type: ignore[arg-type]
         assert info.value.code() == code
         assert words in (info.value.details() or "")
         assert (await s.store.announcements.count(), await s.store.providers.count()) == before
+        assert s.node.mode == "server"
 
 
 async def test_two_nodes_announce_find_locate_and_the_sync_client(tmp_path: Path) -> None:
@@ -185,6 +195,18 @@ async def test_two_nodes_announce_find_locate_and_the_sync_client(tmp_path: Path
         # The servers run on this event loop, so the blocking client runs in a thread.
         providers, size = await anyio.to_thread.run_sync(blocking_caller)
         assert providers == [str(a.node.peer_id)] and size == 1
+
+        # An operator turns A into a client: it stops answering, and B (told by identify push)
+        # takes it out of its table; back to server, and B takes it in again.
+        assert (await a.client.set_mode("client")).mode == "client"
+        with anyio.fail_after(10):
+            while len(b.node.dht.routing_table):
+                await b.node.dht.table_changed.wait()
+        assert (await a.client.node_info()).mode == "client"
+        assert (await a.client.set_mode("server")).mode == "server"
+        with anyio.fail_after(10):
+            while not len(b.node.dht.routing_table):
+                await b.node.dht.table_changed.wait()
 
 
 async def test_a_lookup_past_the_callers_deadline_is_deadline_exceeded(tmp_path: Path) -> None:

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%shardroute/pb/api/v1/shardroute.proto\x12\rshardroute.v1\".\n\x05Shard\x12\r\n\x03\x63id\x18\x01 \x01(\tH\x00\x12\x10\n\x06sha256\x18\x02 \x01(\x0cH\x00\x42\x04\n\x02id\"E\n\x0f\x41nnounceRequest\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.shardroute.v1.Shard\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"F\n\x10\x41nnounceResponse\x12\x11\n\tannounced\x18\x01 \x01(\r\x12\x11\n\tstored_on\x18\x02 \x01(\r\x12\x0c\n\x04\x63ids\x18\x03 \x03(\t\"7\n\x0fWithdrawRequest\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.shardroute.v1.Shard\"%\n\x10WithdrawResponse\x12\x11\n\twithdrawn\x18\x01 \x01(\r\"*\n\x08Provider\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\"J\n\x14\x46indProvidersRequest\x12#\n\x05shard\x18\x01 \x01(\x0b\x32\x14.shardroute.v1.Shard\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"`\n\rLocateRequest\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.shardroute.v1.Shard\x12\x0c\n\x04need\x18\x02 \x01(\r\x12\x1b\n\x13providers_per_shard\x18\x03 \x01(\r\"V\n\rShardProvider\x12\x0b\n\x03\x63id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12)\n\x08provider\x18\x03 \x01(\x0b\x32\x17.shardroute.v1.Provider\"%\n\x16GetClosestPeersRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"c\n\x17GetClosestPeersResponse\x12&\n\x05peers\x18\x01 \x03(\x0b\x32\x17.shardroute.v1.Provider\x12\x10\n\x08requests\x18\x02 \x01(\r\x12\x0e\n\x06rounds\x18\x03 \x01(\r\"-\n\x0fPutValueRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"%\n\x10PutValueResponse\x12\x11\n\tstored_on\x18\x01 \x01(\r\"\x1e\n\x0fGetValueRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"0\n\x10GetValueResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x14\n\x12GetNodeInfoRequest\"\xda\x01\n\x08NodeInfo\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\x12!\n\x04mode\x18\x03 \x01(\x0e\x32\x13.shardroute.v1.Mode\x12\x10\n\x08protocol\x18\x04 \x01(\t\x12\x1a\n\x12routing_table_size\x18\x05 \x01(\r\x12\x16\n\x0estored_records\x18\x06 \x01(\x04\x12\x19\n\x11\x61nnounced_records\x18\x07 \x01(\x04\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\x13\n\x0b\x63onnections\x18\t \x01(\r\"\x19\n\x17ListRoutingTableRequest\"\\\n\x0bRoutingPeer\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\x12\x0e\n\x06\x62ucket\x18\x03 \x01(\r\x12\x1d\n\x15last_seen_seconds_ago\x18\x04 \x01(\x01\"E\n\x18ListRoutingTableResponse\x12)\n\x05peers\x18\x01 \x03(\x0b\x32\x1a.shardroute.v1.RoutingPeer\"#\n\x0e\x43onnectRequest\x12\x11\n\tmultiaddr\x18\x01 \x01(\t\"6\n\x0f\x43onnectResponse\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x12\n\ndht_server\x18\x02 \x01(\x08*>\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODE_SERVER\x10\x01\x12\x0f\n\x0bMODE_CLIENT\x10\x02\x32\xb5\x06\n\nShardRoute\x12K\n\x08\x41nnounce\x12\x1e.shardroute.v1.AnnounceRequest\x1a\x1f.shardroute.v1.AnnounceResponse\x12K\n\x08Withdraw\x12\x1e.shardroute.v1.WithdrawRequest\x1a\x1f.shardroute.v1.WithdrawResponse\x12O\n\rFindProviders\x12#.shardroute.v1.FindProvidersRequest\x1a\x17.shardroute.v1.Provider0\x01\x12\x46\n\x06Locate\x12\x1c.shardroute.v1.LocateRequest\x1a\x1c.shardroute.v1.ShardProvider0\x01\x12`\n\x0fGetClosestPeers\x12%.shardroute.v1.GetClosestPeersRequest\x1a&.shardroute.v1.GetClosestPeersResponse\x12K\n\x08PutValue\x12\x1e.shardroute.v1.PutValueRequest\x1a\x1f.shardroute.v1.PutValueResponse\x12K\n\x08GetValue\x12\x1e.shardroute.v1.GetValueRequest\x1a\x1f.shardroute.v1.GetValueResponse\x12I\n\x0bGetNodeInfo\x12!.shardroute.v1.GetNodeInfoRequest\x1a\x17.shardroute.v1.NodeInfo\x12\x63\n\x10ListRoutingTable\x12&.shardroute.v1.ListRoutingTableRequest\x1a\'.shardroute.v1.ListRoutingTableResponse\x12H\n\x07\x43onnect\x12\x1d.shardroute.v1.ConnectRequest\x1a\x1e.shardroute.v1.ConnectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%shardroute/pb/api/v1/shardroute.proto\x12\rshardroute.v1\".\n\x05Shard\x12\r\n\x03\x63id\x18\x01 \x01(\tH\x00\x12\x10\n\x06sha256\x18\x02 \x01(\x0cH\x00\x42\x04\n\x02id\"E\n\x0f\x41nnounceRequest\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.shardroute.v1.Shard\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"F\n\x10\x41nnounceResponse\x12\x11\n\tannounced\x18\x01 \x01(\r\x12\x11\n\tstored_on\x18\x02 \x01(\r\x12\x0c\n\x04\x63ids\x18\x03 \x03(\t\"7\n\x0fWithdrawRequest\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.shardroute.v1.Shard\"%\n\x10WithdrawResponse\x12\x11\n\twithdrawn\x18\x01 \x01(\r\"*\n\x08Provider\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\"J\n\x14\x46indProvidersRequest\x12#\n\x05shard\x18\x01 \x01(\x0b\x32\x14.shardroute.v1.Shard\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"`\n\rLocateRequest\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.shardroute.v1.Shard\x12\x0c\n\x04need\x18\x02 \x01(\r\x12\x1b\n\x13providers_per_shard\x18\x03 \x01(\r\"V\n\rShardProvider\x12\x0b\n\x03\x63id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12)\n\x08provider\x18\x03 \x01(\x0b\x32\x17.shardroute.v1.Provider\"%\n\x16GetClosestPeersRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"c\n\x17GetClosestPeersResponse\x12&\n\x05peers\x18\x01 \x03(\x0b\x32\x17.shardroute.v1.Provider\x12\x10\n\x08requests\x18\x02 \x01(\r\x12\x0e\n\x06rounds\x18\x03 \x01(\r\"-\n\x0fPutValueRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"%\n\x10PutValueResponse\x12\x11\n\tstored_on\x18\x01 \x01(\r\"\x1e\n\x0fGetValueRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"0\n\x10GetValueResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x14\n\x12GetNodeInfoRequest\"3\n\x0eSetModeRequest\x12!\n\x04mode\x18\x01 \x01(\x0e\x32\x13.shardroute.v1.Mode\"\xda\x01\n\x08NodeInfo\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\x12!\n\x04mode\x18\x03 \x01(\x0e\x32\x13.shardroute.v1.Mode\x12\x10\n\x08protocol\x18\x04 \x01(\t\x12\x1a\n\x12routing_table_size\x18\x05 \x01(\r\x12\x16\n\x0estored_records\x18\x06 \x01(\x04\x12\x19\n\x11\x61nnounced_records\x18\x07 \x01(\x04\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\x13\n\x0b\x63onnections\x18\t \x01(\r\"\x19\n\x17ListRoutingTableRequest\"\\\n\x0bRoutingPeer\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\x12\x0e\n\x06\x62ucket\x18\x03 \x01(\r\x12\x1d\n\x15last_seen_seconds_ago\x18\x04 \x01(\x01\"E\n\x18ListRoutingTableResponse\x12)\n\x05peers\x18\x01 \x03(\x0b\x32\x1a.shardroute.v1.RoutingPeer\"#\n\x0e\x43onnectRequest\x12\x11\n\tmultiaddr\x18\x01 \x01(\t\"6\n\x0f\x43onnectResponse\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x12\n\ndht_server\x18\x02 \x01(\x08*>\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODE_SERVER\x10\x01\x12\x0f\n\x0bMODE_CLIENT\x10\x02\x32\xf8\x06\n\nShardRoute\x12K\n\x08\x41nnounce\x12\x1e.shardroute.v1.AnnounceRequest\x1a\x1f.shardroute.v1.AnnounceResponse\x12K\n\x08Withdraw\x12\x1e.shardroute.v1.WithdrawRequest\x1a\x1f.shardroute.v1.WithdrawResponse\x12O\n\rFindProviders\x12#.shardroute.v1.FindProvidersRequest\x1a\x17.shardroute.v1.Provider0\x01\x12\x46\n\x06Locate\x12\x1c.shardroute.v1.LocateRequest\x1a\x1c.shardroute.v1.ShardProvider0\x01\x12`\n\x0fGetClosestPeers\x12%.shardroute.v1.GetClosestPeersRequest\x1a&.shardroute.v1.GetClosestPeersResponse\x12K\n\x08PutValue\x12\x1e.shardroute.v1.PutValueRequest\x1a\x1f.shardroute.v1.PutValueResponse\x12K\n\x08GetValue\x12\x1e.shardroute.v1.GetValueRequest\x1a\x1f.shardroute.v1.GetValueResponse\x12I\n\x0bGetNodeInfo\x12!.shardroute.v1.GetNodeInfoRequest\x1a\x17.shardroute.v1.NodeInfo\x12\x63\n\x10ListRoutingTable\x12&.shardroute.v1.ListRoutingTableRequest\x1a\'.shardroute.v1.ListRoutingTableResponse\x12\x41\n\x07SetMode\x12\x1d.shardroute.v1.SetModeRequest\x1a\x17.shardroute.v1.NodeInfo\x12H\n\x07\x43onnect\x12\x1d.shardroute.v1.ConnectRequest\x1a\x1e.shardroute.v1.ConnectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shardroute.pb.api.v1.shardroute_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODE']._serialized_start=1485
-  _globals['_MODE']._serialized_end=1547
+  _globals['_MODE']._serialized_start=1538
+  _globals['_MODE']._serialized_end=1600
   _globals['_SHARD']._serialized_start=56
   _globals['_SHARD']._serialized_end=102
   _globals['_ANNOUNCEREQUEST']._serialized_start=104
@@ -65,18 +65,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETVALUERESPONSE']._serialized_end=955
   _globals['_GETNODEINFOREQUEST']._serialized_start=957
   _globals['_GETNODEINFOREQUEST']._serialized_end=977
-  _globals['_NODEINFO']._serialized_start=980
-  _globals['_NODEINFO']._serialized_end=1198
-  _globals['_LISTROUTINGTABLEREQUEST']._serialized_start=1200
-  _globals['_LISTROUTINGTABLEREQUEST']._serialized_end=1225
-  _globals['_ROUTINGPEER']._serialized_start=1227
-  _globals['_ROUTINGPEER']._serialized_end=1319
-  _globals['_LISTROUTINGTABLERESPONSE']._serialized_start=1321
-  _globals['_LISTROUTINGTABLERESPONSE']._serialized_end=1390
-  _globals['_CONNECTREQUEST']._serialized_start=1392
-  _globals['_CONNECTREQUEST']._serialized_end=1427
-  _globals['_CONNECTRESPONSE']._serialized_start=1429
-  _globals['_CONNECTRESPONSE']._serialized_end=1483
-  _globals['_SHARDROUTE']._serialized_start=1550
-  _globals['_SHARDROUTE']._serialized_end=2371
+  _globals['_SETMODEREQUEST']._serialized_start=979
+  _globals['_SETMODEREQUEST']._serialized_end=1030
+  _globals['_NODEINFO']._serialized_start=1033
+  _globals['_NODEINFO']._serialized_end=1251
+  _globals['_LISTROUTINGTABLEREQUEST']._serialized_start=1253
+  _globals['_LISTROUTINGTABLEREQUEST']._serialized_end=1278
+  _globals['_ROUTINGPEER']._serialized_start=1280
+  _globals['_ROUTINGPEER']._serialized_end=1372
+  _globals['_LISTROUTINGTABLERESPONSE']._serialized_start=1374
+  _globals['_LISTROUTINGTABLERESPONSE']._serialized_end=1443
+  _globals['_CONNECTREQUEST']._serialized_start=1445
+  _globals['_CONNECTREQUEST']._serialized_end=1480
+  _globals['_CONNECTRESPONSE']._serialized_start=1482
+  _globals['_CONNECTRESPONSE']._serialized_end=1536
+  _globals['_SHARDROUTE']._serialized_start=1603
+  _globals['_SHARDROUTE']._serialized_end=2491
 # @@protoc_insertion_point(module_scope)

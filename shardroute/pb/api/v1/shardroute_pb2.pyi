@@ -138,6 +138,12 @@ class GetNodeInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class SetModeRequest(_message.Message):
+    __slots__ = ("mode",)
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    mode: Mode
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ...) -> None: ...
+
 class NodeInfo(_message.Message):
     __slots__ = ("peer_id", "addrs", "mode", "protocol", "routing_table_size", "stored_records", "announced_records", "agent_version", "connections")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]

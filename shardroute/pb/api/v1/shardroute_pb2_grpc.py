@@ -79,6 +79,11 @@ class ShardRouteStub:
                 request_serializer=shardroute_dot_pb_dot_api_dot_v1_dot_shardroute__pb2.ListRoutingTableRequest.SerializeToString,
                 response_deserializer=shardroute_dot_pb_dot_api_dot_v1_dot_shardroute__pb2.ListRoutingTableResponse.FromString,
                 _registered_method=True)
+        self.SetMode = channel.unary_unary(
+                '/shardroute.v1.ShardRoute/SetMode',
+                request_serializer=shardroute_dot_pb_dot_api_dot_v1_dot_shardroute__pb2.SetModeRequest.SerializeToString,
+                response_deserializer=shardroute_dot_pb_dot_api_dot_v1_dot_shardroute__pb2.NodeInfo.FromString,
+                _registered_method=True)
         self.Connect = channel.unary_unary(
                 '/shardroute.v1.ShardRoute/Connect',
                 request_serializer=shardroute_dot_pb_dot_api_dot_v1_dot_shardroute__pb2.ConnectRequest.SerializeToString,
@@ -147,6 +152,13 @@ class ShardRouteServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetMode(self, request, context):
+        """Switch DHT mode at run time (until restart; the configuration decides at start).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Connect(self, request, context):
         """Dials a peer now, as an operator joining a network by hand.
         """
@@ -201,6 +213,11 @@ def add_ShardRouteServicer_to_server(servicer, server):
                     servicer.ListRoutingTable,
                     request_deserializer=shardroute_dot_pb_dot_api_dot_v1_dot_shardroute__pb2.ListRoutingTableRequest.FromString,
                     response_serializer=shardroute_dot_pb_dot_api_dot_v1_dot_shardroute__pb2.ListRoutingTableResponse.SerializeToString,
+            ),
+            'SetMode': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMode,
+                    request_deserializer=shardroute_dot_pb_dot_api_dot_v1_dot_shardroute__pb2.SetModeRequest.FromString,
+                    response_serializer=shardroute_dot_pb_dot_api_dot_v1_dot_shardroute__pb2.NodeInfo.SerializeToString,
             ),
             'Connect': grpc.unary_unary_rpc_method_handler(
                     servicer.Connect,
@@ -451,6 +468,33 @@ class ShardRoute:
             '/shardroute.v1.ShardRoute/ListRoutingTable',
             shardroute_dot_pb_dot_api_dot_v1_dot_shardroute__pb2.ListRoutingTableRequest.SerializeToString,
             shardroute_dot_pb_dot_api_dot_v1_dot_shardroute__pb2.ListRoutingTableResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardroute.v1.ShardRoute/SetMode',
+            shardroute_dot_pb_dot_api_dot_v1_dot_shardroute__pb2.SetModeRequest.SerializeToString,
+            shardroute_dot_pb_dot_api_dot_v1_dot_shardroute__pb2.NodeInfo.FromString,
             options,
             channel_credentials,
             insecure,
