@@ -87,6 +87,10 @@ class InvalidCid(ShardrouteError):
     """Text or bytes that do not form a valid CID or shard hash."""
 
 
+class StoreError(ShardrouteError):
+    """The database cannot be opened or migrated: not SQLite, or from a newer shardroute."""
+
+
 class InvalidRecord(ShardrouteError):
     """A DHT record failed validation for its namespace."""
 

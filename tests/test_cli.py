@@ -155,3 +155,61 @@ def saved_peers(db: Path) -> list[tuple[bytes]]:
             return conn.execute("select peer from routing_peers").fetchall()
         except sqlite3.OperationalError:
             return []
+
+
+def db_upgrade(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shardroute", "db", "upgrade", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+    )
+
+
+LOOPBACK = ("--grpc", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0")
+
+
+def test_db_upgrade_migrates_an_old_database_and_refuses_what_it_cannot_use(
+    tmp_path: Path,
+) -> None:
+    from shardroute.store.sqlite import DATABASE_FILE, upgrade_database
+
+    path = tmp_path / "node" / DATABASE_FILE
+    upgrade_database(path, "0001")
+    with sqlite3.connect(path) as db:
+        db.execute("insert into value_records values (?, ?, ?)", (b"/pk/x", b"v", 1.0))
+    result = db_upgrade(path.parent)
+    assert result.returncode == 0, result.stderr
+    assert "schema up to date" in result.stdout
+    with sqlite3.connect(path) as db:
+        assert db.execute("select version_num from alembic_version").fetchone() == ("0003",)
+        assert db.execute("select value from value_records").fetchall() == [(b"v",)]
+    assert db_upgrade(path.parent).returncode == 0  # again: nothing to do
+
+    # A database a newer shardroute wrote: named, refused by db upgrade and by serve, untouched.
+    with sqlite3.connect(path) as db:
+        db.execute("update alembic_version set version_num = '0099'")
+    before = path.read_bytes()
+    result = db_upgrade(path.parent)
+    assert result.returncode == 1
+    assert "'0099'" in result.stderr and "newer version" in result.stderr
+    assert "Traceback" not in result.stderr
+    served = subprocess.run(
+        [sys.executable, "-m", "shardroute", "serve", "--data-dir", str(path.parent), *LOOPBACK],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+    )
+    assert served.returncode == 1 and "'0099'" in served.stderr
+    assert path.read_bytes() == before
+
+    # Not a database at all.
+    junk = tmp_path / "junk" / DATABASE_FILE
+    junk.parent.mkdir()
+    junk.write_bytes(b"these are not the bytes of a SQLite file" * 100)
+    result = db_upgrade(junk.parent)
+    assert result.returncode == 1 and "not a database" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert junk.read_bytes() == b"these are not the bytes of a SQLite file" * 100

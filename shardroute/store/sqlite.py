@@ -18,13 +18,17 @@ import anyio
 import anyio.lowlevel
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from multiaddr import Multiaddr
 from sqlalchemy import bindparam, create_engine, delete, event, func, select
 from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import migrations
 from shardroute.addrs import multiaddr_from_bytes, multiaddr_to_bytes
+from shardroute.errors import StoreError
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.stores import (
     DEFAULT_MAX_PROVIDERS_PER_KEY,
@@ -77,7 +81,17 @@ def upgrade_database(path: Path, revision: str = "head") -> None:
         with engine.begin() as conn:
             config = alembic_config(url)
             config.attributes["connection"] = conn
+            known = {s.revision for s in ScriptDirectory.from_config(config).walk_revisions()}
+            current = MigrationContext.configure(conn).get_current_revision()
+            if current is not None and current not in known:
+                raise StoreError(
+                    f"{path}: the database is at schema revision {current!r}, which this "
+                    f"shardroute does not know (it knows {', '.join(sorted(known))}); a newer "
+                    "version wrote it. Run that version, or restore a backup."
+                )
             command.upgrade(config, revision)
+    except DatabaseError as exc:
+        raise StoreError(f"{path}: cannot use it as the node's database: {exc.orig}") from None
     finally:
         engine.dispose()
 
