@@ -14,7 +14,7 @@ from shardroute import __version__
 from shardroute.addrs import parse_multiaddr
 from shardroute.api.convert import BadRequest, key_bytes, provider, shard_to_cid, shards_to_cids
 from shardroute.content import ContentId
-from shardroute.errors import DialError, InvalidRecord, ShardrouteError
+from shardroute.errors import DialError, InvalidRecord, ShardrouteError, StoreError
 from shardroute.kad.dht import Mode
 from shardroute.kad.keyspace import Key
 from shardroute.kad.messages import PeerInfo
@@ -139,11 +139,15 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
             await self._abort("FindProviders", context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return
         sent = 0
-        with anyio.move_on_after(self._deadline(context)) as scope:
-            async with aclosing(self.node.dht.find_providers(cid.dht_key, count)) as found:
-                async for info in found:
-                    sent += 1
-                    yield provider(info)
+        try:
+            with anyio.move_on_after(self._deadline(context)) as scope:
+                async with aclosing(self.node.dht.find_providers(cid.dht_key, count)) as found:
+                    async for info in found:
+                        sent += 1
+                        yield provider(info)
+        except StoreError as exc:
+            await self._abort("FindProviders", context, grpc.StatusCode.UNAVAILABLE, str(exc))
+            return
         if sent == 0 and not len(self.node.dht.routing_table):
             await self._abort(
                 "FindProviders",
@@ -181,9 +185,12 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
         covered: set[int] = set()
 
         async def search(index: int, cid: ContentId) -> None:
-            async with aclosing(self.node.dht.find_providers(cid.dht_key, per_shard)) as found:
-                async for info in found:
-                    await send.send((index, cid, info))
+            try:
+                async with aclosing(self.node.dht.find_providers(cid.dht_key, per_shard)) as found:
+                    async for info in found:
+                        await send.send((index, cid, info))
+            except StoreError as exc:  # this shard goes without; the others may still cover
+                log.warning("locate: shard %d: %s", index, exc)
 
         async def run_all() -> None:
             async with send, anyio.create_task_group() as tg:

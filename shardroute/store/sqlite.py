@@ -262,7 +262,10 @@ class SqliteProviderStore(_Repository):
         if self.reader is None:
             raise RuntimeError("open the store with SqliteStore.open()")
         started = time.perf_counter()
-        rows = self.reader.execute(_PROVIDERS_SQL, (key, now, limit)).fetchall()
+        try:
+            rows = self.reader.execute(_PROVIDERS_SQL, (key, now, limit)).fetchall()
+        except sqlite3.DatabaseError as exc:  # busy during WAL recovery after a crash, corruption
+            raise StoreError(f"local provider records unreadable right now: {exc}") from exc
         self._observed("get_providers", started)
         await anyio.lowlevel.checkpoint()
         return [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -234,3 +235,26 @@ async def test_a_lookup_past_the_callers_deadline_is_deadline_exceeded(tmp_path:
                 )
                 assert counted._value.get() == 1
             tg.cancel_scope.cancel()
+
+
+async def test_an_unreadable_store_is_unavailable_and_the_node_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    async with served(tmp_path / "a") as s:
+        # Fault injection: the hot-read connection now points at a file that is not SQLite.
+        junk = tmp_path / "junk.sqlite3"
+        junk.write_bytes(b"not a database " * 512)
+        healthy = s.store.providers.reader
+        assert healthy is not None
+        s.store.providers.reader = sqlite3.connect(junk, check_same_thread=False)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            [p async for p in s.client.find_providers(digest(1), count=1)]
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "local provider records unreadable" in (info.value.details() or "")
+        assert (await s.client.announce([digest(2)])).announced == 1  # everything else serves
+        s.store.providers.reader.close()
+        s.store.providers.reader = healthy
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # readable again: no peers, no record
+            [p async for p in s.client.find_providers(digest(1), count=1)]
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "no local record" in (info.value.details() or "")
