@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,3 +38,19 @@ def test_names_follow_conventions_and_the_adapter_records() -> None:
         == 1
     )
     assert samples[("shardroute_routing_table_evictions_total", (("reason", "failures"),))] == 1
+
+
+def test_every_metric_is_on_the_grafana_dashboard() -> None:
+    """Operators watch the shipped dashboard; a metric no panel shows is one nobody sees."""
+    dashboard = json.loads(
+        (
+            Path(__file__).resolve().parents[2] / "deploy/grafana/dashboards/shardroute.json"
+        ).read_text()
+    )
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
+    names = {f.name for f in Metrics(CollectorRegistry()).registry.collect()}
+    assert names, "no metric families"
+    missing = {n for n in names if not re.search(rf"\b{n}(_total|_bucket|_count|_sum)?\b", exprs)}
+    assert not missing, f"not on the dashboard: {sorted(missing)}"
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
