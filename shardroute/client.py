@@ -172,7 +172,7 @@ class AsyncClient:
         return _info(await self._stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=self.timeout))
 
     async def set_mode(self, mode: str) -> NodeInfo:
-        """ "server" or "client", until the node restarts."""
+        """Switch the node to "server" or "client" DHT mode (until it restarts)."""
         request = pb.SetModeRequest(mode=_mode_number(mode))
         return _info(await self._stub.SetMode(request, timeout=self.timeout))
 
@@ -276,7 +276,7 @@ class Client:
         return _info(self._stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=self.timeout))
 
     def set_mode(self, mode: str) -> NodeInfo:
-        """ "server" or "client", until the node restarts."""
+        """Switch the node to "server" or "client" DHT mode (until it restarts)."""
         request = pb.SetModeRequest(mode=_mode_number(mode))
         return _info(self._stub.SetMode(request, timeout=self.timeout))
 

@@ -274,10 +274,12 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
             modes: dict[int, Mode] = {pb.MODE_SERVER: "server", pb.MODE_CLIENT: "client"}
             if request.mode not in modes:
                 # proto3 enums are open: an unknown number arrives as that number
-                name = pb.Mode.Name(request.mode) if request.mode == pb.MODE_UNSPECIFIED else None
-                raise BadRequest(
-                    f"mode: must be MODE_SERVER or MODE_CLIENT, got {name or request.mode}"
+                got = (
+                    "MODE_UNSPECIFIED"
+                    if request.mode == pb.MODE_UNSPECIFIED
+                    else f"unknown value {request.mode}"
                 )
+                raise BadRequest(f"mode: must be MODE_SERVER or MODE_CLIENT, got {got}")
             if modes[request.mode] != self.node.mode:
                 self.node.set_mode(modes[request.mode])
                 log.info("switched to %s mode through the API", modes[request.mode])

@@ -128,8 +128,8 @@ BAD_REQUESTS = [
         "multiaddr",
     ),
     ("put", {"key": b"/icn/x", "value": b"v"}, grpc.StatusCode.INVALID_ARGUMENT, "namespace"),
-    ("mode", {"mode": 0}, grpc.StatusCode.INVALID_ARGUMENT, "mode: must be"),
-    ("mode", {"mode": 7}, grpc.StatusCode.INVALID_ARGUMENT, "got 7"),  # unknown enum value
+    ("mode", {"mode": 0}, grpc.StatusCode.INVALID_ARGUMENT, "got MODE_UNSPECIFIED"),
+    ("mode", {"mode": 7}, grpc.StatusCode.INVALID_ARGUMENT, "unknown value 7"),
 ]
 
 
