@@ -217,6 +217,9 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         "announced_records": info.announced_records,
         "agent_version": info.agent_version,
         "connections": info.connections,
+        "published_shards": info.published_shards,
+        "publish_lookups": info.publish_lookups,
+        "republish_backlog": info.republish_backlog,
     }
     _emit(args, status, "\n".join(f"{k}: {v}" for k, v in status.items()))
     return 0

@@ -56,6 +56,9 @@ class NodeInfo:
     announced_records: int
     agent_version: str
     connections: int
+    published_shards: int  # since the node started
+    publish_lookups: int
+    republish_backlog: int  # announced shards due now
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,9 @@ def _info(m: pb.NodeInfo) -> NodeInfo:
         m.announced_records,
         m.agent_version,
         m.connections,
+        m.published_shards,
+        m.publish_lookups,
+        m.republish_backlog,
     )
 
 

@@ -299,6 +299,9 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
             announced_records=await self.store.announcements.count(),
             agent_version=f"shardroute/{__version__}",
             connections=host.connection_count,
+            published_shards=self.publisher.stats.shards,
+            publish_lookups=self.publisher.stats.lookups,
+            republish_backlog=await self.store.announcements.due_count(self.node.clock.wall()),
         )
 
     async def ListRoutingTable(

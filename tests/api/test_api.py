@@ -174,6 +174,9 @@ async def test_two_nodes_announce_find_locate_and_the_sync_client(tmp_path: Path
         assert peer == str(a.node.peer_id) and is_server
         result = await a.client.announce([digest(i) for i in range(4)], wait=True)
         assert result.announced == 4 and result.stored_on == 1
+        info = await a.client.node_info()
+        assert info.published_shards >= 4 and info.publish_lookups >= 1
+        assert info.republish_backlog == 0  # stored on the network, next round scheduled
         found = [p async for p in b.client.find_providers(digest(0), count=1)]
         assert [p.peer_id for p in found] == [str(a.node.peer_id)]
         located = [

@@ -145,7 +145,7 @@ class SetModeRequest(_message.Message):
     def __init__(self, mode: _Optional[_Union[Mode, str]] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("peer_id", "addrs", "mode", "protocol", "routing_table_size", "stored_records", "announced_records", "agent_version", "connections")
+    __slots__ = ("peer_id", "addrs", "mode", "protocol", "routing_table_size", "stored_records", "announced_records", "agent_version", "connections", "published_shards", "publish_lookups", "republish_backlog")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +155,9 @@ class NodeInfo(_message.Message):
     ANNOUNCED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    REPUBLISH_BACKLOG_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     addrs: _containers.RepeatedScalarFieldContainer[str]
     mode: Mode
@@ -164,7 +167,10 @@ class NodeInfo(_message.Message):
     announced_records: int
     agent_version: str
     connections: int
-    def __init__(self, peer_id: _Optional[str] = ..., addrs: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., protocol: _Optional[str] = ..., routing_table_size: _Optional[int] = ..., stored_records: _Optional[int] = ..., announced_records: _Optional[int] = ..., agent_version: _Optional[str] = ..., connections: _Optional[int] = ...) -> None: ...
+    published_shards: int
+    publish_lookups: int
+    republish_backlog: int
+    def __init__(self, peer_id: _Optional[str] = ..., addrs: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., protocol: _Optional[str] = ..., routing_table_size: _Optional[int] = ..., stored_records: _Optional[int] = ..., announced_records: _Optional[int] = ..., agent_version: _Optional[str] = ..., connections: _Optional[int] = ..., published_shards: _Optional[int] = ..., publish_lookups: _Optional[int] = ..., republish_backlog: _Optional[int] = ...) -> None: ...
 
 class ListRoutingTableRequest(_message.Message):
     __slots__ = ()
