@@ -66,7 +66,7 @@ async def _serve(
             api = ApiServer(service, settings.grpc)
             # What start-up built (modules, migrations, the schema) lives as long as the process;
             # frozen, it is left out of every later full collection, which otherwise walks it
-            # all and stalls the API for tens of milliseconds (measured: 40-55 ms per pass).
+            # all and stalls the API for tens of milliseconds (seen with py-spy and a GC callback).
             gc.collect()
             gc.freeze()
             await api.start()

@@ -70,14 +70,11 @@ class BadShardList(ValueError):
 
 
 def _check_shard(text: str, where: str) -> None:
-    text = text.strip()
-    if _HEX64.fullmatch(text):
-        return
     try:
-        ContentId.parse(text)
+        ContentId.parse_cid_or_hash(text)
     except InvalidCid as exc:
         raise BadShardList(
-            f"{where}: {text[:80]!r} is neither a CID nor a 64-hex-digit SHA-256 ({exc})"
+            f"{where}: {text.strip()[:80]!r} is neither a CID nor a 64-hex-digit SHA-256 ({exc})"
         ) from None
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 
 import anyio
@@ -48,17 +48,6 @@ BOOTSTRAP_RETRY_MIN = 1.0
 BOOTSTRAP_RETRY_MAX = 300.0
 # Expired records deleted per statement (a sweep runs as many as it needs, yielding between).
 EXPIRY_BATCH = 1000
-
-
-class _RefreshMetrics:
-    def __init__(self, metrics: Metrics) -> None:
-        self.m = metrics
-
-    def refresh_done(self, trigger: str) -> None:
-        self.m.refreshes_total.labels(trigger).inc()
-
-    def liveness_checked(self, alive: bool) -> None:
-        self.m.liveness_checks_total.labels("alive" if alive else "dead").inc()
 
 
 def dht_config(settings: Settings) -> DhtConfig:
@@ -103,6 +92,7 @@ class Node:
         )
         self.protocol = settings.protocol
         self.network = HostKadNetwork(self.host, self.protocol)
+        dht_metrics = DhtMetricsAdapter(self.metrics)
         self.dht = Dht(
             network=self.network,
             config=dht_config(settings),
@@ -111,17 +101,19 @@ class Node:
             validator=make_default_validator(),
             clock=self.clock,
             peer_addrs=lambda peer: self.host.peerstore.addrs(peer, self.clock.monotonic()),
-            metrics=DhtMetricsAdapter(self.metrics),
+            metrics=dht_metrics,
         )
         self._server_handler = make_server_handler(self.dht.handler, metrics=self.metrics)
         self.dns_resolver = dns_resolver
         self._rng = random.Random()
+        # The addresses join() was given: an emptied table rejoins through them.
+        self._bootstrap_addrs: list[Multiaddr] = []
         self.refresher = Refresher(
             self.dht,
             self.clock,
             interval=settings.refresh_interval,
-            rejoin=lambda: self.bootstrap([parse_multiaddr(a) for a in self.settings.bootstrap]),
-            metrics=_RefreshMetrics(self.metrics),
+            rejoin=lambda: self.bootstrap(self._bootstrap_addrs),
+            metrics=dht_metrics,
         )
         self._export_gauges()
         self._tg: anyio.abc.TaskGroup | None = None
@@ -282,6 +274,7 @@ class Node:
     async def join(self, addrs: Sequence[Multiaddr], saved: Sequence[SavedPeer] = ()) -> None:
         """Reconnect to a saved routing table, then bootstrap; while the table stays empty,
         try again with exponential backoff (1 s doubling to 5 min, jittered)."""
+        self._bootstrap_addrs = list(addrs)
         if saved:
             reached = await self.reconnect(saved)
             log.info("reconnected to %d of %d saved routing-table peers", reached, len(saved))
@@ -307,16 +300,18 @@ class Node:
         """Delete expired provider records (and values past their age) in bounded batches."""
         while True:
             now = self.clock.wall()
-            removed = 0
-            while True:
-                batch = await self.dht.providers.expire(now, EXPIRY_BATCH)
-                removed += batch
-                if batch < EXPIRY_BATCH:
-                    break
-                await anyio.lowlevel.checkpoint()
-            while await self.dht.values.expire(now - self.dht.config.max_value_age, EXPIRY_BATCH):
-                await anyio.lowlevel.checkpoint()
+            removed = await _in_batches(self.dht.providers.expire, now)
+            await _in_batches(self.dht.values.expire, now - self.dht.config.max_value_age)
             if removed:
                 self.metrics.expired_records_total.inc(removed)
                 log.info("expired %d provider records", removed)
             await self.clock.sleep(self.settings.expiry_interval)
+
+
+async def _in_batches(expire: Callable[[float, int], Awaitable[int]], cutoff: float) -> int:
+    """Run a bounded `expire(cutoff, batch)` until a batch comes back short; the total."""
+    total = 0
+    while (removed := await expire(cutoff, EXPIRY_BATCH)) == EXPIRY_BATCH:
+        total += removed
+        await anyio.lowlevel.checkpoint()
+    return total + removed

@@ -53,14 +53,14 @@ def republish_cycle(interval: float, provider_ttl: float) -> float:
     return min(interval, provider_ttl - provider_ttl / 24)
 
 
-def phase(key: bytes) -> float:
+def phase(position: Key) -> float:
     """Where in the cycle a shard falls: its keyspace position as a fraction of the keyspace."""
-    return Key.for_bytes(key).value / (1 << KEY_BITS)
+    return position.value / (1 << KEY_BITS)
 
 
-def next_slot(key: bytes, now: float, cycle: float) -> float:
+def next_slot(position: Key, now: float, cycle: float) -> float:
     """The first time after `now` at the shard's phase of the cycle (at most one cycle on)."""
-    p = phase(key)
+    p = phase(position)
     m = math.floor(now / cycle - p) + 1
     return (m + p) * cycle
 
@@ -145,12 +145,12 @@ class Publisher:
             self._regions_at = now
         return self._regions
 
-    async def _assign(self, keys: list[bytes]) -> dict[bytes, list[PeerInfo]]:
-        """Each key's k closest peers, sorted sweep; lookups only where the map falls short."""
+    async def _assign(self, positions: dict[bytes, Key]) -> dict[bytes, list[PeerInfo]]:
+        """Each key's k closest peers, swept in keyspace order; lookups only where the map
+        falls short."""
         regions = self._region_map()
         assignments: dict[bytes, list[PeerInfo]] = {}
-        for key in sorted(keys, key=lambda k: Key.for_bytes(k).value):
-            position = Key.for_bytes(key)
+        for key, position in sorted(positions.items(), key=lambda item: item[1].value):
             peers = regions.closest(position)
             tries = 0
             while peers is None and tries < MAX_LOOKUPS_PER_SHARD:
@@ -171,31 +171,34 @@ class Publisher:
 
     async def publish(self, keys: Sequence[bytes]) -> dict[bytes, int]:
         """Provide `keys` now and schedule each one's next round; peers that took each."""
-        keys = list(dict.fromkeys(keys))
-        if not keys:
+        # one hash per shard per pass: sorting, region lookup and scheduling all use it
+        positions = {key: Key.for_bytes(key) for key in keys}
+        if not positions:
             return {}
-        assignments = await self._assign(keys)
+        assignments = await self._assign(positions)
         accepted = await self.dht.provide_assigned(assignments)
         now = self.clock.wall()
         # The next slot after this pass's window, or the same shards would be taken again at
         # once; the gap stays under cycle + window < provider TTL.
         after = now + self.window()
         schedule = []
-        for key in keys:
+        for key, position in positions.items():
             took = accepted.get(key, 0)
-            next_at = now + self.retry_delay if took == 0 else next_slot(key, after, self.cycle)
+            next_at = (
+                now + self.retry_delay if took == 0 else next_slot(position, after, self.cycle)
+            )
             schedule.append((key, next_at, took))
         await self.store.reschedule(schedule)
         ok = sum(1 for _, _, took in schedule if took)
         messages = sum(len(p) for p in assignments.values())
         self.stats.shards += ok
-        self.stats.failed += len(keys) - ok
+        self.stats.failed += len(positions) - ok
         self.stats.messages += messages
         self.stats.passes += 1
         self.passed.fire()
         if self.metrics is not None:
             self.metrics.republished_shards_total.labels("stored").inc(ok)
-            self.metrics.republished_shards_total.labels("failed").inc(len(keys) - ok)
+            self.metrics.republished_shards_total.labels("failed").inc(len(positions) - ok)
             self.metrics.republish_messages_total.inc(messages)
         return accepted
 
@@ -206,8 +209,6 @@ class Publisher:
             now = self.clock.wall()
             due = await self.store.due(now + self.window(), PUBLISH_BATCH)
             if not due:
-                if self.metrics is not None:
-                    self.metrics.republish_backlog.set(0)
                 next_at = await self.store.next_due_at()
                 # Wake when the next shard is due; the pass then takes a window's worth ahead.
                 pause = self.cycle if next_at is None else next_at - now
@@ -219,8 +220,6 @@ class Publisher:
                 # e.g. no dialable address yet: try the same shards again shortly.
                 log.warning("publishing %d shards failed: %s", len(due), exc)
                 await self.store.reschedule([(k, now + self.retry_delay, 0) for k in due])
-            if self.metrics is not None:
-                self.metrics.republish_backlog.set(await self.store.due_count(self.clock.wall()))
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         """Sleep on the clock until `seconds` pass or a new announcement arrives."""

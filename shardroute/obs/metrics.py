@@ -162,7 +162,8 @@ class Metrics:
 
 
 class DhtMetricsAdapter:
-    """The `DhtMetrics` protocol of shardroute.kad.dht on top of `Metrics`."""
+    """The `DhtMetrics` protocol of shardroute.kad.dht, and `RefreshMetrics` of
+    shardroute.kad.refresh, on top of `Metrics`."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
@@ -184,3 +185,10 @@ class DhtMetricsAdapter:
 
     def peer_evicted(self, reason: str) -> None:
         self.m.evictions_total.labels(reason).inc()
+
+    # the `RefreshMetrics` protocol of shardroute.kad.refresh
+    def refresh_done(self, trigger: str) -> None:
+        self.m.refreshes_total.labels(trigger).inc()
+
+    def liveness_checked(self, alive: bool) -> None:
+        self.m.liveness_checks_total.labels("alive" if alive else "dead").inc()
