@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -194,6 +194,66 @@ async def open_loop(
     return latencies, total / (time.perf_counter() - t0)
 
 
+def bare_grpc_server(port: int) -> None:
+    """The floor under a find: a grpc.aio servicer that streams one constant provider back."""
+    import asyncio
+
+    from shardroute.pb.api.v1 import shardroute_pb2 as pb
+    from shardroute.pb.api.v1 import shardroute_pb2_grpc as pb_grpc
+
+    reply = pb.Provider(peer_id="12D3KooWBareServicer", addrs=["/ip4/10.1.2.3/tcp/4001"])
+
+    class Bare(pb_grpc.ShardRouteServicer):
+        async def FindProviders(self, request: object, context: object) -> AsyncIterator[object]:
+            yield reply
+
+    async def run() -> None:
+        server = grpc.aio.server()
+        pb_grpc.add_ShardRouteServicer_to_server(Bare(), server)  # type: ignore[no-untyped-call]
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(run())
+
+
+def start_bare_grpc(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, __file__, "--bare-grpc", str(port)])
+
+
+async def bare_grpc_cpu_per_call(args: argparse.Namespace, keys: list[bytes]) -> float:
+    """Server CPU per streaming call of `bare_grpc_server`, at the same offered rate."""
+    port = free_port()
+    proc = start_bare_grpc(port)
+    try:
+        async with AsyncClient(f"127.0.0.1:{port}", timeout=60) as client:
+            for _ in range(200):
+                try:
+                    await one_find(client, keys[0][2:])
+                    break
+                except grpc.aio.AioRpcError:  # not up yet
+                    await anyio.sleep(0.1)
+            cpu0 = cpu_seconds(proc.pid)
+            latencies, _ = await open_loop(client, keys, args.rate, args.seconds)
+            return (cpu_seconds(proc.pid) - cpu0) / len(latencies)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def local_read_seconds(data_dir: Path, keys: list[bytes], reads: int = 20_000) -> float:
+    """Wall time of one local provider read (`get_providers`), in this process."""
+    store = await SqliteStore.open(data_dir)
+    try:
+        now = time.time()
+        t0 = time.perf_counter()
+        for i in range(reads):
+            await store.providers.get_providers(keys[i % len(keys)], now, 1)
+        return (time.perf_counter() - t0) / reads
+    finally:
+        await store.close()
+
+
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
@@ -234,6 +294,8 @@ async def main(args: argparse.Namespace) -> None:
                     for _ in range(args.rounds)
                 ]
                 rss_large = rss_mib(proc.pid)
+        read_seconds = await local_read_seconds(data_dir, hot_keys)
+    bare_cpu = await bare_grpc_cpu_per_call(args, hot_keys)
 
     def rounds(results: list[tuple[list[float], float]]) -> str:
         return ", ".join(
@@ -260,20 +322,22 @@ kept up at ≥ {achieved:,.0f}/s), from each request's scheduled start to its la
 | same, round by round ({len(hot_keys):,} stored records) | {rounds(small_rounds)} ms | |
 | same, round by round ({total:,} stored records) | {rounds(big_rounds)} ms | |
 | server CPU per local find | {server_cpu * 1e6:.0f} µs | |
+| of which the store read (`get_providers`, {total:,} records, wall) | {read_seconds * 1e6:.0f} µs | |
+| a bare grpc.aio servicer streaming one constant reply, CPU per call | {bare_cpu * 1e6:.0f} µs | |
 | provider records on disk ({total:,} records) | {size / total:.0f} bytes/record | < 200 |
 | server resident memory with {len(hot_keys):,} / {total:,} stored records | {rss_small:.0f} / {rss_large:.0f} MiB | flat |
 
-Where the time goes (py-spy and cProfile, 2026-11-22). gRPC itself: a bare grpc.aio servicer
-that yields one constant message costs ~275 µs of server CPU per streaming call on this machine,
-so most of the CPU per find above is gRPC's. Before this version a local read went through
-aiosqlite (two hand-offs to its thread per query: ~117 µs CPU; earlier still, SQLAlchemy's
-async pool, ~3x that); it is now an inline indexed read on a WAL reader connection (~13 µs), and
-peer IDs' base58 text is cached. Tail: full garbage collections walked every object start-up had
-built and stalled the server 40-55 ms; `serve` now freezes those objects after start-up. This
-script freezes its own setup objects for the same reason (its stalls were counted as server
-latency). What is left in the tail are stalls that hit both processes at once (the VM's), seen
-with an event-loop lag probe in each. Announce: one transaction per batch, synchronous=FULL.
-Bytes per record: a record refers to its provider's peer ID by a small integer (migration 0003).
+Where the time goes. The last two rows are the floor and the store's share: the bare servicer
+(run by this script at the same offered rate) is gRPC's own cost, so most of a find's CPU is
+gRPC's. The profiles (py-spy, cProfile) that shaped this version: a local read used to go through
+aiosqlite, two hand-offs to its thread per query (and before that SQLAlchemy's async pool, most
+of a find); it is now an inline indexed read on a WAL reader connection, and peer IDs' base58
+text is cached. Tail: full garbage collections walked every object start-up had built and
+stalled the server for tens of milliseconds; `serve` freezes those objects after start-up, and
+this script freezes its own setup objects (its stalls were counted as server latency). What is
+left in the tail are stalls that hit both processes at once (the VM's), seen with an event-loop
+lag probe in each. Bytes per record: a record refers to its provider's peer ID by a small
+integer (migration 0003).
 """
     print(body)
     if not args.no_write:
@@ -288,4 +352,9 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
-    anyio.run(main, parser.parse_args(), backend="asyncio")
+    parser.add_argument("--bare-grpc", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    cli = parser.parse_args()
+    if cli.bare_grpc:
+        bare_grpc_server(cli.bare_grpc)
+    else:
+        anyio.run(main, cli, backend="asyncio")
