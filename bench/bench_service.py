@@ -327,9 +327,9 @@ kept up at ≥ {achieved:,.0f}/s), from each request's scheduled start to its la
 | provider records on disk ({total:,} records) | {size / total:.0f} bytes/record | < 200 |
 | server resident memory with {len(hot_keys):,} / {total:,} stored records | {rss_small:.0f} / {rss_large:.0f} MiB | flat |
 
-Where the time goes. The two rows under the server's CPU are the store's share and the floor: the bare servicer
-(run by this script at the same offered rate) is gRPC's own cost, so most of a find's CPU is
-gRPC's. The profiles (py-spy, cProfile) that shaped this version: a local read used to go through
+Where the time goes. The two rows under the server's CPU are the store's share and the
+floor: the bare servicer (run by this script at the same offered rate) is gRPC's own cost, so
+most of a find's CPU is gRPC's. The profiles (py-spy, cProfile) that shaped this version: a local read used to go through
 aiosqlite, two hand-offs to its thread per query (and before that SQLAlchemy's async pool, most
 of a find); it is now an inline indexed read on a WAL reader connection, and peer IDs' base58
 text is cached. Tail: full garbage collections walked every object start-up had built and
