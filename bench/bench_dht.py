@@ -25,14 +25,11 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import write_section
-from shardroute.addrs import with_p2p
-from shardroute.config import Settings
+from shardroute.clock import SystemClock
 from shardroute.content import ContentId
-from shardroute.identity.keys import Ed25519PrivateKey
-from shardroute.node import Node
 from tests.interop.thirdparty import ThirdPartyPeer, start_peer
-
-SETTINGS = dataclasses.replace(Settings(), listen=("/ip4/127.0.0.1/tcp/0",), diversity_filter=False)
+from tests.support.fleet import fleet
+from tests.support.settings import LOOPBACK as SETTINGS
 
 
 def cpu_seconds() -> float:
@@ -70,15 +67,13 @@ def cids(count: int) -> list[ContentId]:
 
 async def run_shardroute(nodes_count: int, ops: int) -> Result:
     rng = random.Random(1)
-    async with AsyncExitStack() as stack:
-        nodes = [
-            await stack.enter_async_context(Node(SETTINGS, Ed25519PrivateKey.generate()))
-            for _ in range(nodes_count)
-        ]
-        seed = with_p2p(nodes[0].host.listen_addrs[0], nodes[0].peer_id)
-        async with anyio.create_task_group() as tg:
-            for node in nodes[1:]:
-                tg.start_soon(node.bootstrap, [seed])
+    async with fleet(SETTINGS, clock=SystemClock()) as crew:
+        first = await crew.add()
+        for _ in range(nodes_count - 1):
+            await crew.add([first.addr], wait_joined=False)
+        for member in crew.members:
+            await member.app.joined.wait()
+        nodes = [m.app for m in crew.members]
         async with anyio.create_task_group() as tg:
             for node in nodes:
                 tg.start_soon(node.dht.get_closest_peers, node.peer_id.raw)

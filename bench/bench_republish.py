@@ -26,15 +26,16 @@ from sqlalchemy import select
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import write_section
+from shardroute.config import Settings
 from shardroute.content import ContentId
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.dht import DhtConfig
 from shardroute.kad.handler import KadHandler
 from shardroute.kad.messages import KadMessage
-from shardroute.publisher import Publisher
+from shardroute.maintenance.republish import Publisher
+from shardroute.store.database import SqliteStore
 from shardroute.store.schema import announcements
-from shardroute.store.sqlite import SqliteStore
-from tests.kad._dht_cluster import Cluster
+from tests.support.cluster import Cluster
 
 
 class TimedHandler:
@@ -70,7 +71,9 @@ async def run(nodes: int, shards: int) -> dict[str, float]:
         for node in cluster.nodes[1:]:
             node.endpoint.serve(TimedHandler(node.dht.handler, handler_cpu))
         with tempfile.TemporaryDirectory() as folder:
-            store = await SqliteStore.open(Path(folder))
+            store = await SqliteStore.open(
+                Path(folder), max_providers_per_key=Settings().max_providers_per_key
+            )
             try:
                 publisher = Publisher(
                     announcer.dht, store.announcements, cluster.clock, republish_interval=12 * 3600

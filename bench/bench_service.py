@@ -15,14 +15,11 @@ import argparse
 import gc
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -33,11 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from multiaddr import Multiaddr
 
 from bench.common import write_section
-from shardroute.client import AsyncClient
+from shardroute.api.client import AsyncClient
+from shardroute.config import Settings
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
+from shardroute.store.codec import pack_addrs
+from shardroute.store.database import SqliteStore
+from shardroute.store.engine import DATABASE_FILE
 from shardroute.store.schema import provider_peers, provider_records
-from shardroute.store.sqlite import DATABASE_FILE, SqliteStore, pack_addrs
+from tests.support.serve import free_port, serve
 
 
 def rss_mib(pid: int) -> float:
@@ -57,43 +58,6 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def serve(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "shardroute",
-            "serve",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--grpc",
-            f"127.0.0.1:{port}",
-            "--metrics",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(data_dir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(data_dir / "serve.log").open("a"),
-    )
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 async def wait_serving(client: AsyncClient) -> None:
     for _ in range(200):
         try:
@@ -108,7 +72,7 @@ async def fill(data_dir: Path, count: int, keys: list[bytes]) -> None:
     """Provider records as ADD_PROVIDER would leave them: a 34-byte key, a 38-byte peer ID, one
     address; written straight into the database file in large transactions while the node is
     stopped (the on-disk format is what counts, not how fast this script writes it)."""
-    store = await SqliteStore.open(data_dir)
+    store = await SqliteStore.open(data_dir, max_providers_per_key=Settings().max_providers_per_key)
     addrs = pack_addrs([Multiaddr("/ip4/10.1.2.3/tcp/4001")])
     peers = [PeerId.from_public_key(Ed25519PrivateKey.generate().public_key).raw for _ in range(64)]
     async with store.engine.begin() as conn:
@@ -243,7 +207,7 @@ async def bare_grpc_cpu_per_call(args: argparse.Namespace, keys: list[bytes]) ->
 
 async def local_read_seconds(data_dir: Path, keys: list[bytes], reads: int = 20_000) -> float:
     """Wall time of one local provider read (`get_providers`), in this process."""
-    store = await SqliteStore.open(data_dir)
+    store = await SqliteStore.open(data_dir, max_providers_per_key=Settings().max_providers_per_key)
     try:
         now = time.time()
         t0 = time.perf_counter()
@@ -260,7 +224,8 @@ async def main(args: argparse.Namespace) -> None:
         hot_keys = [b"\x12\x20" + os.urandom(32) for _ in range(10_000)]
         await fill(data_dir, len(hot_keys), hot_keys)
         port = free_port()
-        with serve(data_dir, port) as proc:
+        with serve(data_dir, grpc_port=port, wait=False) as node:
+            proc = node.proc
             async with AsyncClient(f"127.0.0.1:{port}", timeout=60) as client:
                 await wait_serving(client)
                 # 1. durable announce throughput, batches of 1,000
@@ -283,7 +248,8 @@ async def main(args: argparse.Namespace) -> None:
         # 3. bytes per record and memory with many records
         await fill(data_dir, args.records - len(hot_keys), [])
         size = sum(p.stat().st_size for p in data_dir.glob(DATABASE_FILE + "*"))  # noqa: ASYNC240 (measuring, once)
-        with serve(data_dir, port) as proc:
+        with serve(data_dir, grpc_port=port, wait=False) as node:
+            proc = node.proc
             async with AsyncClient(f"127.0.0.1:{port}", timeout=60) as client:
                 await wait_serving(client)
                 info = await client.node_info()

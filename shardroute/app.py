@@ -1,129 +1,305 @@
-"""The composition root: builds the node from its settings, runs it, shuts it down in order."""
+"""The composition root: `App` builds a whole node from its settings, runs it, shuts it down
+in order. `serve` runs one; tests and benchmarks start theirs in process the same way.
+
+    async with App(settings) as app:
+        ...  # app.dht, app.host, app.publisher; the gRPC API and metrics are up
+
+Built here and nowhere else: the store, the host (TCP, Noise, Yamux), the kad transport and the
+DHT on it, the node wiring between them, the publisher, bootstrap, refresh and expiry, the gRPC
+API and the metrics endpoint. Shutdown runs backwards: the API drains, the routing table is
+saved, the background tasks stop, then the DHT, the host and the store close.
+"""
 
 from __future__ import annotations
 
-import gc
 import logging
-import signal
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
+import anyio.abc
+import dns.asyncresolver
 import prometheus_client
+from multiaddr import Multiaddr
 
+from shardroute import __version__
 from shardroute.addrs import parse_multiaddr, with_p2p
+from shardroute.api.backend import NodeStatus, RoutingEntry
 from shardroute.api.server import ApiServer
 from shardroute.api.service import ShardRouteService
+from shardroute.clock import Clock, SystemClock
 from shardroute.config import Settings
+from shardroute.content import ContentId
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.keystore import load_or_create_identity
+from shardroute.identity.peer_id import PeerId
+from shardroute.kad.config import DhtConfig, Mode
+from shardroute.kad.dht import Dht
+from shardroute.kad.keyspace import Key
+from shardroute.kad.messages import PeerInfo
+from shardroute.kad.records import make_default_validator
+from shardroute.kad.reports import LookupReport, PutReport, ValueReport
+from shardroute.kad.repositories import SavedPeer, Storage
+from shardroute.kad.streams import StreamTransport
+from shardroute.maintenance.bootstrap import Bootstrapper
+from shardroute.maintenance.expiry import ExpirySweep
+from shardroute.maintenance.refresh import Refresher
+from shardroute.maintenance.republish import Publisher
+from shardroute.maintenance.state import count_records, save_routing_table
+from shardroute.net.host import Host, HostLimits
+from shardroute.net.muxer import Direction
 from shardroute.node import Node
-from shardroute.obs.metrics import Metrics
-from shardroute.publisher import Publisher
-from shardroute.store.sqlite import SqliteStore
+from shardroute.obs.metrics import Metrics, MetricsAdapter
+from shardroute.store.database import SqliteStore
+from shardroute.tasks import Service, enter_task_group
 
 log = logging.getLogger(__name__)
 
-
-async def run_node(settings: Settings, announce: Callable[[Sequence[str]], None]) -> None:
-    """Run until SIGINT or SIGTERM; `announce` receives the full listen multiaddrs once bound."""
-    data_dir = Path(settings.data_dir)
-    identity = load_or_create_identity(data_dir)
-    store = await SqliteStore.open(data_dir, max_providers_per_key=settings.max_providers_per_key)
-    try:
-        await _serve(settings, identity, store, announce)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await store.close()
-    log.info("node stopped")
+AGENT_VERSION = f"shardroute/{__version__}"
 
 
-async def _serve(
-    settings: Settings,
-    identity: Ed25519PrivateKey,
-    store: SqliteStore,
-    announce: Callable[[Sequence[str]], None],
-) -> None:
-    metrics = Metrics(prometheus_client.REGISTRY)
-    store_seconds = metrics.store_operation_seconds
-    store.observe_with(lambda operation, seconds: store_seconds.labels(operation).observe(seconds))
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        node = Node(
-            settings, identity, providers=store.providers, values=store.values, metrics=metrics
+class App(Service):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        identity: Ed25519PrivateKey | None = None,
+        storage: Storage | None = None,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+        dns_resolver: dns.asyncresolver.Resolver | None = None,
+    ) -> None:
+        """Without `identity` the node's key is the one in the data folder (made on first
+        start); without `storage` its state is the SQLite file there."""
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or Metrics()
+        self._identity = identity
+        self._storage = storage
+        self._dns_resolver = dns_resolver
+        self.joined = anyio.Event()  # set once the first join finished
+        self.api: ApiServer | None = None
+        self.metrics_port: int | None = None
+
+    # -- building ------------------------------------------------------------------------------
+
+    def _build(self, identity: Ed25519PrivateKey, storage: Storage) -> None:
+        settings, clock, reports = self.settings, self.clock, MetricsAdapter(self.metrics)
+        self.storage = storage
+        self.host = Host(
+            identity,
+            listen_addrs=[parse_multiaddr(a) for a in settings.listen],
+            clock=clock,
+            host_limits=HostLimits(
+                max_connections=settings.max_connections,
+                max_streams_per_connection=settings.max_streams_per_connection,
+            ),
+            agent_version=AGENT_VERSION,
         )
-        async with node, anyio.create_task_group() as tg:
-            host = node.host
-            publisher = Publisher(
-                node.dht,
-                store.announcements,
-                node.clock,
-                republish_interval=settings.republish_interval,
-                metrics=metrics,
+        config = DhtConfig.from_settings(settings)
+        self.dht = Dht(
+            transport=StreamTransport(self.host, config.protocol_id),
+            config=config,
+            providers=storage.providers,
+            values=storage.values,
+            validator=make_default_validator(),
+            clock=clock,
+            metrics=reports,
+        )
+        self.node = Node(self.host, self.dht, metrics=reports)
+        self.publisher = Publisher(
+            self.dht,
+            storage.announcements,
+            clock,
+            republish_interval=settings.republish_interval,
+            metrics=self.metrics,
+        )
+        self.bootstrapper = Bootstrapper(
+            dht=self.dht,
+            connector=self.node,
+            clock=clock,
+            addrs=[parse_multiaddr(a) for a in settings.bootstrap],
+            dns_resolver=self._dns_resolver,
+            metrics=reports,
+        )
+        self.refresher = Refresher(
+            self.dht,
+            clock,
+            interval=settings.refresh_interval,
+            bootstrapper=self.bootstrapper,
+            metrics=reports,
+        )
+        self.expiry = ExpirySweep(
+            providers=storage.providers,
+            values=storage.values,
+            clock=clock,
+            interval=settings.expiry_interval,
+            max_value_age=config.max_value_age,
+            metrics=reports,
+        )
+        self._export_gauges()
+
+    def _export_gauges(self) -> None:
+        """Connection and stream gauges read the host when Prometheus scrapes."""
+        host = self.host
+
+        def counter(direction: Direction) -> Callable[[], float]:
+            return lambda: float(sum(c.direction is direction for c in host.all_connections()))
+
+        for direction in Direction:
+            self.metrics.connections.labels(direction.value).set_function(counter(direction))
+        self.metrics.streams.set_function(
+            lambda: float(sum(len(c.streams) for c in host.all_connections()))
+        )
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def _enter(self, stack: AsyncExitStack) -> None:
+        settings = self.settings
+        storage = self._storage
+        if storage is None:
+            store = await SqliteStore.open(
+                Path(settings.data_dir), max_providers_per_key=settings.max_providers_per_key
             )
+            store.observe_with(self._observe_store)
+            storage = store
+        stack.push_async_callback(_shielded, storage.close)
+        identity = self._identity or load_or_create_identity(Path(settings.data_dir))
+        self._build(identity, storage)
+        await stack.enter_async_context(self.host)
+        await stack.enter_async_context(self.dht)
+        tg = await enter_task_group(stack)
+        stack.push_async_callback(self._save_table)
+        await tg.start(self.node.run)
+        saved = await storage.routing.load()
+        tg.start_soon(self._maintain, saved)
+        tg.start_soon(save_routing_table, self.dht, storage.routing)
+        tg.start_soon(
+            count_records,
+            storage.providers,
+            storage.announcements,
+            self.clock,
+            MetricsAdapter(self.metrics),
+        )
+        tg.start_soon(self.publisher.run)
+        if settings.grpc:
             service = ShardRouteService(
-                node, store, publisher, metrics, batch_limit=settings.announce_batch_limit
+                self, self.metrics, batch_limit=settings.announce_batch_limit
             )
-            api = ApiServer(service, settings.grpc)
-            # What start-up built (modules, migrations, the schema) lives as long as the process;
-            # frozen, it is left out of every later full collection, which otherwise walks it
-            # all and stalls the API for tens of milliseconds (seen with py-spy and a GC callback).
-            gc.collect()
-            gc.freeze()
-            await api.start()
-            metrics_host, _, metrics_port = settings.metrics.rpartition(":")
+            self.api = ApiServer(service, settings.grpc)
+            await self.api.start()
+            stack.push_async_callback(_shielded, self.api.stop, 5.0)
+        if settings.metrics:
+            host, _, port = settings.metrics.rpartition(":")
             http, _ = prometheus_client.start_http_server(
-                int(metrics_port), metrics_host, registry=metrics.registry
+                int(port), host, registry=self.metrics.registry
             )
-            announce([str(with_p2p(addr, host.peer_id)) for addr in host.listen_addrs])
-            log.info(
-                "node %s running in %s mode under %s; gRPC on port %d, metrics on port %d",
-                host.peer_id,
-                node.mode,
-                node.protocol,
-                api.port,
-                http.server_port,
+            self.metrics_port = http.server_port
+            stack.callback(http.shutdown)
+        log.info(
+            "node %s running in %s mode under %s%s%s",
+            self.peer_id,
+            self.dht.mode,
+            self.dht.config.protocol_id,
+            f"; gRPC on port {self.api.port}" if self.api else "",
+            f"; metrics on port {self.metrics_port}" if self.metrics_port is not None else "",
+        )
+
+    async def _maintain(self, saved: Sequence[SavedPeer]) -> None:
+        """Join, then refresh the table and sweep expired records, until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.expiry.run)
+            await self.bootstrapper.join(saved)
+            self.joined.set()
+            tg.start_soon(self.refresher.run)
+
+    async def _save_table(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.storage.routing.save(self.dht.keeper.snapshot())
+
+    def _observe_store(self, operation: str, seconds: float) -> None:
+        self.metrics.store_operation_seconds.labels(operation).observe(seconds)
+
+    # -- what the node is ------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self.host.peer_id
+
+    def listen_multiaddrs(self) -> list[Multiaddr]:
+        """Full `/p2p/` addresses of the listeners, as `serve` prints them."""
+        return [with_p2p(addr, self.peer_id) for addr in self.host.listen_addrs]
+
+    # -- the operations the API offers (api.backend.NodeBackend) -------------------------
+
+    def peer_count(self) -> int:
+        return len(self.dht.routing_table)
+
+    async def announce(self, cids: Sequence[ContentId]) -> int:
+        return await self.publisher.announce(cids)
+
+    async def publish_now(self, cids: Sequence[ContentId]) -> int:
+        return await self.publisher.publish_now(cids)
+
+    async def withdraw(self, cids: Sequence[ContentId]) -> int:
+        return await self.publisher.withdraw(cids)
+
+    def find_providers(self, key: bytes, count: int) -> AsyncGenerator[PeerInfo, None]:
+        return self.dht.find_providers(key, count)
+
+    async def closest_peers(self, key: bytes) -> LookupReport:
+        return await self.dht.get_closest_peers(key)
+
+    async def put_value(self, key: bytes, value: bytes) -> PutReport:
+        return await self.dht.put_value(key, value)
+
+    async def search_value(self, key: bytes, *, quorum: int | None = None) -> ValueReport:
+        return await self.dht.search_value(key, quorum=quorum)
+
+    async def status(self) -> NodeStatus:
+        now = self.clock.wall()
+        return NodeStatus(
+            peer_id=self.peer_id,
+            addrs=tuple(self.host.advertised_addrs()),
+            mode=self.dht.mode,
+            protocol=self.dht.config.protocol_id,
+            agent_version=AGENT_VERSION,
+            routing_table_size=len(self.dht.routing_table),
+            connections=self.host.connection_count,
+            stored_records=await self.storage.providers.count(now),
+            announced_records=await self.storage.announcements.count(),
+            published_shards=self.publisher.stats.shards,
+            publish_lookups=self.publisher.stats.lookups,
+            republish_backlog=await self.storage.announcements.due_count(now),
+        )
+
+    def routing_entries(self) -> list[RoutingEntry]:
+        table, now = self.dht.routing_table, self.clock.monotonic()
+        return [
+            RoutingEntry(
+                peer=entry.peer,
+                addrs=self.dht.addrs_of(entry.peer),
+                bucket=table.bucket_index(entry.peer),
+                last_seen_seconds_ago=max(0.0, now - entry.last_seen),
             )
-            saved = await store.routing.load()
-            bootstrap = [parse_multiaddr(a) for a in settings.bootstrap]
-            tg.start_soon(node.maintain, bootstrap, saved)
-            tg.start_soon(_keep_state, node, store)
-            tg.start_soon(publisher.run)
-            async for signum in signals:
-                log.info("received %s, shutting down", signal.Signals(signum).name)
-                break
-            with anyio.CancelScope(shield=True):
-                await api.stop(grace=5.0)
-                http.shutdown()
-                await store.routing.save(node.routing_snapshot())
-            tg.cancel_scope.cancel()
+            for entry in sorted(
+                table.snapshot(), key=lambda e: (Key.for_peer(e.peer).digest, e.peer.raw)
+            )
+        ]
+
+    @property
+    def mode(self) -> Mode:
+        return self.node.mode
+
+    def set_mode(self, mode: Mode) -> None:
+        self.node.set_mode(mode)
+
+    async def connect(self, addr: Multiaddr) -> tuple[PeerId, bool]:
+        peer = await self.node.connect(addr)
+        return peer, peer in self.dht.routing_table
 
 
-# Routing-table changes are saved after this quiet period, so a burst of admissions costs one
-# write and a SIGKILL loses at most this much of the table.
-SAVE_DEBOUNCE = 1.0
-
-
-async def _keep_state(node: Node, store: SqliteStore) -> None:
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_save_routing_table, node, store)
-        tg.start_soon(_record_counts, node, store)
-
-
-async def _save_routing_table(node: Node, store: SqliteStore) -> None:
-    while True:
-        await node.dht.table_changed.wait()
-        await anyio.sleep(SAVE_DEBOUNCE)
-        await store.routing.save(node.routing_snapshot())
-
-
-# Record counts are COUNT(*) queries: refreshed on this period, not on every scrape.
-COUNTS_INTERVAL = 15.0
-
-
-async def _record_counts(node: Node, store: SqliteStore) -> None:
-    metrics = node.metrics
-    while True:
-        metrics.provider_records_stored.set(await store.providers.count(node.clock.wall()))
-        metrics.provider_records_announced.set(await store.announcements.count())
-        metrics.republish_backlog.set(await store.announcements.due_count(node.clock.wall()))
-        await anyio.sleep(COUNTS_INTERVAL)
+async def _shielded(close: Callable[..., Awaitable[object]], *args: object) -> None:
+    with anyio.CancelScope(shield=True):
+        await close(*args)

@@ -47,6 +47,7 @@ class Settings:
     provider_addr_ttl: float = 12 * 3600.0
     expiry_interval: float = 600.0
     max_providers_per_key: int = 100
+    value_quorum: int = 0
     diversity_filter: bool = True
     diversity_exempt_private: bool = True
     grpc: str = "127.0.0.1:7070"
@@ -76,6 +77,7 @@ _POSITIVE_INTS = {
     "max_streams_per_connection",
     "announce_batch_limit",
 }
+_NON_NEGATIVE_INTS = {"value_quorum"}
 _LEVELS = {"debug", "info", "warning", "error", "critical"}
 
 
@@ -117,8 +119,11 @@ def _as_list(name: str, value: Any, source: str) -> tuple[str, ...]:
 
 
 def _host_port(name: str, value: Any, source: str) -> str:
+    """HOST:PORT, or empty to turn that listener off."""
     if not isinstance(value, str):
         raise ConfigError(f"{name} ({source}): expected HOST:PORT, got {value!r}")
+    if not value:
+        return value
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{name} ({source}): {value!r} is not HOST:PORT")
@@ -135,6 +140,12 @@ def _convert(name: str, value: Any, source: str) -> Any:
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} ({source}): expected a positive whole number, got {value!r}")
+        return value
+    if name in _NON_NEGATIVE_INTS:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name} ({source}): expected a whole number >= 0, got {value!r}")
         return value
     if name in ("diversity_filter", "diversity_exempt_private"):
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):

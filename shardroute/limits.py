@@ -74,6 +74,9 @@ KAD_MAX_FAILURES = 3
 KAD_DIVERSITY_PER_BUCKET = 2
 KAD_DIVERSITY_PER_TABLE = 3
 
+# PUT_VALUE / ADD_PROVIDER to one peer (go-libp2p-kad-dht: 30 s for a put to one peer).
+KAD_PUT_TIMEOUT = 30.0
+
 # Kademlia messages and records (kad-dht.md §1, §3, §7; go-libp2p-kad-dht handlers.go).
 # Closer peers taken from one answer: go truncates longer lists at 2k.
 KAD_MAX_CLOSER_PEERS = 2 * KAD_K

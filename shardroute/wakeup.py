@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 
 
-class Signal:
+class Wakeup:
     """`wait()` returns after the next `fire()`."""
 
     __slots__ = ("_event",)

@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import anyio
 import pytest
 
-from shardroute.addrs import with_p2p
-from shardroute.config import Settings
-from shardroute.identity.keys import Ed25519PrivateKey
-from shardroute.node import Node
+from shardroute.app import App
+from shardroute.config import Mode
+from tests.support.nodes import address, loopback_app
+from tests.support.settings import loopback
 
 pytestmark = pytest.mark.anyio
 
-SETTINGS = dataclasses.replace(Settings(), listen=("/ip4/127.0.0.1/tcp/0",), diversity_filter=False)
 
-
-def node(mode: str = "server") -> Node:
-    return Node(dataclasses.replace(SETTINGS, mode=mode), Ed25519PrivateKey.generate())  # type: ignore[arg-type]
+def node(mode: Mode = "server") -> App:
+    return loopback_app(loopback(mode=mode))
 
 
 async def test_client_mode_neither_advertises_nor_answers_but_can_query() -> None:
     async with node() as server, node("client") as client:
-        await client.connect(with_p2p(server.host.listen_addrs[0], server.peer_id))
+        await client.node.connect(address(server))
         with anyio.fail_after(5):
             await server.host.wait_identified(client.peer_id)
         assert "/icn/kad/1.0.0" not in server.host.peerstore.protocols(client.peer_id)
@@ -35,14 +31,14 @@ async def test_client_mode_neither_advertises_nor_answers_but_can_query() -> Non
 
 async def test_switching_to_server_mode_is_pushed_and_admits_the_peer() -> None:
     async with node() as server, node("client") as client:
-        await client.connect(with_p2p(server.host.listen_addrs[0], server.peer_id))
+        await client.node.connect(address(server))
         with anyio.fail_after(5):
             await server.host.wait_identified(client.peer_id)
-        joined = anyio.Event()
-        server.host.on_identified(lambda peer, info, pushed: joined.set() if pushed else None)
+        events = server.host.subscribe_identified()
         client.set_mode("server")
         with anyio.fail_after(5):
-            await joined.wait()
+            while not (await events.receive()).pushed:
+                pass
             while client.peer_id not in server.dht.routing_table:
                 await server.dht.table_changed.wait()  # admission runs in the node's task group
         client.set_mode("client")
@@ -53,9 +49,9 @@ async def test_switching_to_server_mode_is_pushed_and_admits_the_peer() -> None:
 
 async def test_connection_and_stream_gauges_follow_the_host() -> None:
     async with node() as a, node() as b:
-        await b.connect(with_p2p(a.host.listen_addrs[0], a.peer_id))
+        await b.node.connect(address(a))
 
-        def sample(n: Node, name: str, **labels: str) -> float | None:
+        def sample(n: App, name: str, **labels: str) -> float | None:
             return n.metrics.registry.get_sample_value(name, labels)
 
         assert sample(a, "shardroute_connections", direction="inbound") == 1

@@ -10,20 +10,16 @@ from typing import Any, TypeVar
 import anyio
 import grpc
 
-from shardroute import __version__
 from shardroute.addrs import parse_multiaddr
+from shardroute.api.backend import NodeBackend
 from shardroute.api.convert import BadRequest, key_bytes, provider, shard_to_cid, shards_to_cids
 from shardroute.content import ContentId
 from shardroute.errors import DialError, InvalidRecord, ShardrouteError, StoreError
-from shardroute.kad.dht import Mode
-from shardroute.kad.keyspace import Key
+from shardroute.kad.config import Mode
 from shardroute.kad.messages import PeerInfo
-from shardroute.node import Node
 from shardroute.obs.metrics import Metrics
 from shardroute.pb.api.v1 import shardroute_pb2 as pb
 from shardroute.pb.api.v1 import shardroute_pb2_grpc as pb_grpc
-from shardroute.publisher import Publisher
-from shardroute.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +31,8 @@ T = TypeVar("T")
 
 
 class ShardRouteService(pb_grpc.ShardRouteServicer):
-    def __init__(
-        self,
-        node: Node,
-        store: SqliteStore,
-        publisher: Publisher,
-        metrics: Metrics,
-        *,
-        batch_limit: int,
-    ) -> None:
+    def __init__(self, node: NodeBackend, metrics: Metrics, *, batch_limit: int) -> None:
         self.node = node
-        self.store = store
-        self.publisher = publisher
         self.metrics = metrics
         self.batch_limit = batch_limit
 
@@ -90,7 +76,7 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
         return float("inf") if remaining is None else max(0.0, remaining - 0.05)
 
     def _need_peers(self) -> None:
-        if not len(self.node.dht.routing_table):
+        if not self.node.peer_count():
             raise ShardrouteError("the node has no peers yet (bootstrap it or use Connect)")
 
     # ------------------------------------------------------------------ announce
@@ -101,11 +87,11 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
             cids = shards_to_cids(request.shards, "shards", self.batch_limit)
             if request.wait:
                 self._need_peers()
-            await self.publisher.announce(cids)
+            await self.node.announce(cids)
             stored_on = 0
             if request.wait:
                 with anyio.fail_after(self._deadline(context)):
-                    stored_on = await self.publisher.publish_now(cids)
+                    stored_on = await self.node.publish_now(cids)
             return pb.AnnounceResponse(
                 announced=len(cids), stored_on=stored_on, cids=[str(c.to_v1()) for c in cids]
             )
@@ -117,7 +103,7 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
     ) -> pb.WithdrawResponse:
         async def run() -> pb.WithdrawResponse:
             cids = shards_to_cids(request.shards, "shards", self.batch_limit)
-            return pb.WithdrawResponse(withdrawn=await self.publisher.withdraw(cids))
+            return pb.WithdrawResponse(withdrawn=await self.node.withdraw(cids))
 
         return await self._guard("Withdraw", context, run)
 
@@ -141,14 +127,14 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
         sent = 0
         try:
             with anyio.move_on_after(self._deadline(context)) as scope:
-                async with aclosing(self.node.dht.find_providers(cid.dht_key, count)) as found:
+                async with aclosing(self.node.find_providers(cid.dht_key, count)) as found:
                     async for info in found:
                         sent += 1
                         yield provider(info)
         except StoreError as exc:
             await self._abort("FindProviders", context, grpc.StatusCode.UNAVAILABLE, str(exc))
             return
-        if sent == 0 and not len(self.node.dht.routing_table):
+        if sent == 0 and not self.node.peer_count():
             await self._abort(
                 "FindProviders",
                 context,
@@ -186,7 +172,7 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
 
         async def search(index: int, cid: ContentId) -> None:
             try:
-                async with aclosing(self.node.dht.find_providers(cid.dht_key, per_shard)) as found:
+                async with aclosing(self.node.find_providers(cid.dht_key, per_shard)) as found:
                     async for info in found:
                         await send.send((index, cid, info))
             except StoreError as exc:  # this shard goes without; the others may still cover
@@ -214,7 +200,7 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
                 "Locate",
                 context,
                 grpc.StatusCode.DEADLINE_EXCEEDED
-                if len(self.node.dht.routing_table)
+                if self.node.peer_count()
                 else grpc.StatusCode.UNAVAILABLE,
                 f"only {len(covered)} of the {request.need} needed shards have a provider",
             )
@@ -229,7 +215,7 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
             key = key_bytes(request.key)
             self._need_peers()
             with anyio.fail_after(self._deadline(context)):
-                report = await self.node.dht.get_closest_peers(key)
+                report = await self.node.closest_peers(key)
             return pb.GetClosestPeersResponse(
                 peers=[provider(p) for p in report.peers],
                 requests=report.requests,
@@ -245,7 +231,7 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
             if not request.key or len(request.value) > MAX_VALUE_BYTES:
                 raise BadRequest("key: empty, or value over 10 KiB")
             with anyio.fail_after(self._deadline(context)):
-                report = await self.node.dht.put_value(request.key, request.value)
+                report = await self.node.put_value(request.key, request.value)
             return pb.PutValueResponse(stored_on=report.accepted)
 
         return await self._guard("PutValue", context, run)
@@ -257,7 +243,7 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
             if not request.key:
                 raise BadRequest("key: empty")
             with anyio.fail_after(self._deadline(context)):
-                value = await self.node.dht.get_value(request.key)
+                value = (await self.node.search_value(request.key)).value
             return pb.GetValueResponse(found=value is not None, value=value or b"")
 
         return await self._guard("GetValue", context, run)
@@ -288,40 +274,35 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
         return await self._guard("SetMode", context, run)
 
     async def _node_info(self) -> pb.NodeInfo:
-        host = self.node.host
+        status = await self.node.status()
         return pb.NodeInfo(
-            peer_id=str(host.peer_id),
-            addrs=[str(a) for a in host.advertised_addrs()],
-            mode=pb.MODE_SERVER if self.node.mode == "server" else pb.MODE_CLIENT,
-            protocol=self.node.protocol,
-            routing_table_size=len(self.node.dht.routing_table),
-            stored_records=await self.store.providers.count(self.node.clock.wall()),
-            announced_records=await self.store.announcements.count(),
-            agent_version=f"shardroute/{__version__}",
-            connections=host.connection_count,
-            published_shards=self.publisher.stats.shards,
-            publish_lookups=self.publisher.stats.lookups,
-            republish_backlog=await self.store.announcements.due_count(self.node.clock.wall()),
+            peer_id=str(status.peer_id),
+            addrs=[str(a) for a in status.addrs],
+            mode=pb.MODE_SERVER if status.mode == "server" else pb.MODE_CLIENT,
+            protocol=status.protocol,
+            routing_table_size=status.routing_table_size,
+            stored_records=status.stored_records,
+            announced_records=status.announced_records,
+            agent_version=status.agent_version,
+            connections=status.connections,
+            published_shards=status.published_shards,
+            publish_lookups=status.publish_lookups,
+            republish_backlog=status.republish_backlog,
         )
 
     async def ListRoutingTable(
         self, request: pb.ListRoutingTableRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListRoutingTableResponse:
         async def run() -> pb.ListRoutingTableResponse:
-            table = self.node.dht.routing_table
-            now = self.node.clock.monotonic()
-            peers = []
-            for entry in sorted(
-                table.snapshot(), key=lambda e: (Key.for_peer(e.peer).digest, e.peer.raw)
-            ):
-                peers.append(
-                    pb.RoutingPeer(
-                        peer_id=str(entry.peer),
-                        addrs=[str(a) for a in self.node.dht.addrs_of(entry.peer)],
-                        bucket=table.bucket_index(entry.peer),
-                        last_seen_seconds_ago=max(0.0, now - entry.last_seen),
-                    )
+            peers = [
+                pb.RoutingPeer(
+                    peer_id=str(entry.peer),
+                    addrs=[str(a) for a in entry.addrs],
+                    bucket=entry.bucket,
+                    last_seen_seconds_ago=entry.last_seen_seconds_ago,
                 )
+                for entry in self.node.routing_entries()
+            ]
             return pb.ListRoutingTableResponse(peers=peers)
 
         return await self._guard("ListRoutingTable", context, run)
@@ -335,9 +316,7 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
             except ValueError as exc:
                 raise BadRequest(f"multiaddr: {exc}") from None
             with anyio.fail_after(self._deadline(context)):
-                peer = await self.node.connect(addr)
-            return pb.ConnectResponse(
-                peer_id=str(peer), dht_server=peer in self.node.dht.routing_table
-            )
+                peer, in_table = await self.node.connect(addr)
+            return pb.ConnectResponse(peer_id=str(peer), dht_server=in_table)
 
         return await self._guard("Connect", context, run)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from shardroute import limits
 from shardroute.errors import InvalidPeerId, InvalidRecord, KadRequestRejected
@@ -25,24 +25,23 @@ from shardroute.kad.messages import (
     format_rfc3339,
 )
 from shardroute.kad.records import Validator
-from shardroute.kad.stores import ProviderRecord, ProviderStore, ValueStore
+from shardroute.kad.repositories import ProviderRecord, ProviderStore, ValueStore
 
 if TYPE_CHECKING:  # the handler stays free of anyio, which the clock module imports
     from shardroute.clock import Clock
+    from shardroute.kad.config import DhtConfig
 
 log = logging.getLogger(__name__)
 
-MAX_PROVIDER_KEY = limits.KAD_MAX_PROVIDER_KEY
-MAX_VALUE_AGE = limits.KAD_MAX_VALUE_AGE
-PROVIDERS_PER_REPLY = limits.KAD_PROVIDERS_PER_REPLY
-# Our product default; the spec's 48 h is the upper bound peers expect.
-DEFAULT_PROVIDER_TTL = 12 * 3600.0
-# go keeps a provider's addresses 24 h (peerstore.ProviderAddrTTL); we cap that at the TTL.
-DEFAULT_PROVIDER_ADDR_TTL = 24 * 3600.0
 
-# (key pre-image, count, exclude) -> up to `count` table peers nearest SHA-256(key), with addrs.
-ClosestPeers = Callable[[bytes, int, Collection[PeerId]], list[PeerInfo]]
-PeerLookup = Callable[[PeerId], PeerInfo | None]
+class PeerDirectory(Protocol):
+    """What the handler asks about peers (the routing-table keeper answers)."""
+
+    def closest_infos(self, key: bytes, count: int, exclude: Collection[PeerId]) -> list[PeerInfo]:
+        """Up to `count` table peers nearest SHA-256(key), with addresses."""
+        ...
+
+    def peer_info(self, peer: PeerId) -> PeerInfo | None: ...
 
 
 class KadHandler:
@@ -53,38 +52,26 @@ class KadHandler:
         providers: ProviderStore,
         values: ValueStore,
         validator: Validator,
-        closest_peers: ClosestPeers,
-        peer_info: PeerLookup,
+        peers: PeerDirectory,
         clock: Clock,
-        k: int = limits.KAD_K,
-        provider_ttl: float = DEFAULT_PROVIDER_TTL,
-        provider_addr_ttl: float | None = None,
-        max_key_len: int = MAX_PROVIDER_KEY,
-        max_value_age: float = MAX_VALUE_AGE,
-        providers_per_reply: int = PROVIDERS_PER_REPLY,
+        config: DhtConfig,
+        providers_per_reply: int = limits.KAD_PROVIDERS_PER_REPLY,
     ) -> None:
-        """`provider_addr_ttl` None means go's 24 h; either way it is capped at
-        `provider_ttl`. The per-key provider cap belongs to the ProviderStore, where it is
-        atomic with the upsert."""
-        if k < 1 or max_key_len < 1 or providers_per_reply < 0:
-            raise ValueError("k and max_key_len must be positive, providers_per_reply >= 0")
-        if provider_ttl <= 0 or max_value_age <= 0:
-            raise ValueError("provider_ttl and max_value_age must be positive")
-        if provider_addr_ttl is not None and provider_addr_ttl < 0:
-            raise ValueError("provider_addr_ttl must not be negative")
+        """The per-key provider cap belongs to the ProviderStore, where it is atomic with the
+        upsert. A provider's addresses are handed out for at most the record's TTL."""
+        if providers_per_reply < 0:
+            raise ValueError("providers_per_reply must be >= 0")
         self.self_id = self_id
         self.providers = providers
         self.values = values
         self.validator = validator
-        self.closest_peers = closest_peers
-        self.peer_info = peer_info
+        self.peers = peers
         self.clock = clock
-        self.k = k
-        self.provider_ttl = provider_ttl
-        addr_ttl = DEFAULT_PROVIDER_ADDR_TTL if provider_addr_ttl is None else provider_addr_ttl
-        self.provider_addr_ttl = min(addr_ttl, provider_ttl)
-        self.max_key_len = max_key_len
-        self.max_value_age = max_value_age
+        self.k = config.k
+        self.provider_ttl = config.provider_ttl
+        self.provider_addr_ttl = min(config.provider_addr_ttl, config.provider_ttl)
+        self.max_key_len = limits.KAD_MAX_PROVIDER_KEY
+        self.max_value_age = config.max_value_age
         self.providers_per_reply = providers_per_reply
         self._handlers: dict[
             MessageType, Callable[[PeerId, KadMessage], Awaitable[KadMessage | None]]
@@ -105,7 +92,7 @@ class KadHandler:
         return await handler(sender, request)
 
     def _closer(self, key: bytes, sender: PeerId) -> list[PeerInfo]:
-        found = self.closest_peers(key, self.k, (sender, self.self_id))
+        found = self.peers.closest_infos(key, self.k, (sender, self.self_id))
         # The callback promises this; a reply must never break it.
         return [p for p in found if p.addrs and p.peer_id not in (sender, self.self_id)]
 
@@ -121,7 +108,7 @@ class KadHandler:
         except InvalidPeerId:
             target = None  # any pre-image is a valid target; it just names no peer
         if target is not None:
-            known = self.peer_info(target)
+            known = self.peers.peer_info(target)
             if known is not None and known.addrs:
                 rest = [p for p in closer if p.peer_id != target]
                 closer = [known, *rest][: self.k]
@@ -140,7 +127,7 @@ class KadHandler:
         providers = []
         for record in records:
             addrs = record.live_addrs(now)
-            if not addrs and (known := self.peer_info(record.provider)) is not None:
+            if not addrs and (known := self.peers.peer_info(record.provider)) is not None:
                 addrs = known.addrs  # the stored ones aged out; what we know now, if anything
             providers.append(PeerInfo(record.provider, addrs))
         return fit_reply(

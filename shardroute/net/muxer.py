@@ -35,7 +35,7 @@ from shardroute.protocol.yamux import (
     YamuxSession,
 )
 from shardroute.protocol.yamux import StreamReset as StreamResetEvent
-from shardroute.wakeup import Signal
+from shardroute.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class MuxedStream:
         self._reset = False
         self._write_closed = False
         self._gone = False
-        self._changed = Signal()
+        self._changed = Wakeup()
 
     @property
     def remote_peer(self) -> PeerId:
@@ -208,8 +208,8 @@ class MuxedConnection:
         self.close_reason: str | None = None
         self._on_stream = on_stream
         self._initial = initial_plaintext
-        self._wake = Signal()
-        self._pong = Signal()
+        self._wake = Wakeup()
+        self._pong = Wakeup()
         self._last_pong: int | None = None
         self._keepalive_interval = keepalive_interval
         self._ping_timeout = ping_timeout

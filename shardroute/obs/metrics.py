@@ -1,7 +1,7 @@
 """Every Prometheus metric, defined once, on an injectable registry (tests pass a fresh one).
 
 Names follow Prometheus conventions: `shardroute_` prefix, base units as suffixes, `_total`
-for counters. `DhtMetricsAdapter` is what the DHT reports through.
+for counters. `MetricsAdapter` is what the DHT reports through.
 """
 
 from __future__ import annotations
@@ -161,9 +161,9 @@ class Metrics:
         )
 
 
-class DhtMetricsAdapter:
-    """The `DhtMetrics` protocol of shardroute.kad.dht, and `RefreshMetrics` of
-    shardroute.kad.refresh, on top of `Metrics`."""
+class MetricsAdapter:
+    """The report protocols of kad and maintenance (`DhtMetrics`, `ServerMetrics`,
+    `RefreshMetrics`, `BootstrapMetrics`, `ExpiryMetrics`, `RecordGauges`) on `Metrics`."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
@@ -186,7 +186,23 @@ class DhtMetricsAdapter:
     def peer_evicted(self, reason: str) -> None:
         self.m.evictions_total.labels(reason).inc()
 
-    # the `RefreshMetrics` protocol of shardroute.kad.refresh
+    def request_received(self, message_type: str, result: str) -> None:
+        self.m.dht_requests_received_total.labels(message_type, result).inc()
+
+    def bad_message(self, reason: str, count: int = 1) -> None:
+        self.m.bad_messages_total.labels(reason).inc(count)
+
+    def bootstrap_attempt(self, result: str) -> None:
+        self.m.bootstrap_attempts_total.labels(result).inc()
+
+    def records_expired(self, count: int) -> None:
+        self.m.expired_records_total.inc(count)
+
+    def record_counts(self, *, stored: int, announced: int, backlog: int) -> None:
+        self.m.provider_records_stored.set(stored)
+        self.m.provider_records_announced.set(announced)
+        self.m.republish_backlog.set(backlog)
+
     def refresh_done(self, trigger: str) -> None:
         self.m.refreshes_total.labels(trigger).inc()
 

@@ -15,30 +15,23 @@ import grpc
 import pytest
 from multiaddr import Multiaddr
 
-from shardroute.addrs import with_p2p
-from shardroute.api.server import ApiServer
-from shardroute.api.service import ShardRouteService
-from shardroute.client import AsyncClient, Client
-from shardroute.config import Settings
+from shardroute.api.client import AsyncClient, Client
+from shardroute.app import App
 from shardroute.content import ContentId
 from shardroute.identity.keys import Ed25519PrivateKey
-from shardroute.identity.peer_id import PeerId
-from shardroute.node import Node
-from shardroute.obs.metrics import Metrics
 from shardroute.pb.api.v1 import shardroute_pb2 as pb
 from shardroute.pb.api.v1 import shardroute_pb2_grpc as pb_grpc
-from shardroute.publisher import Publisher
-from shardroute.store.sqlite import SqliteStore
+from shardroute.store.database import SqliteStore
+from tests.support.nodes import address
+from tests.support.peers import keyed_peer_id
+from tests.support.settings import loopback
 
 pytestmark = pytest.mark.anyio
-SETTINGS = dataclasses.replace(
-    Settings(), listen=("/ip4/127.0.0.1/tcp/0",), diversity_filter=False, announce_batch_limit=100
-)
 
 
 @dataclasses.dataclass
 class Served:
-    node: Node
+    app: App
     store: SqliteStore
     client: AsyncClient
     address: str
@@ -46,31 +39,13 @@ class Served:
 
 @asynccontextmanager
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    store = await SqliteStore.open(tmp_path)
-    metrics = Metrics()
-    try:
-        async with Node(
-            SETTINGS,
-            Ed25519PrivateKey.generate(),
-            providers=store.providers,
-            values=store.values,
-            metrics=metrics,
-        ) as node:
-            publisher = Publisher(
-                node.dht, store.announcements, node.clock, republish_interval=3600
-            )
-            api = ApiServer(
-                ShardRouteService(node, store, publisher, metrics, batch_limit=100), "127.0.0.1:0"
-            )
-            await api.start()
-            address = f"127.0.0.1:{api.port}"
-            try:
-                async with AsyncClient(address, timeout=10) as client:
-                    yield Served(node, store, client, address)
-            finally:
-                await api.stop(0)
-    finally:
-        await store.close()
+    """A whole node on a SQLite file in `tmp_path`, its gRPC API on an ephemeral port."""
+    settings = loopback(data_dir=str(tmp_path), grpc="127.0.0.1:0", announce_batch_limit=100)
+    async with App(settings, identity=Ed25519PrivateKey.generate()) as app:
+        assert app.api is not None and isinstance(app.storage, SqliteStore)
+        target = f"127.0.0.1:{app.api.port}"
+        async with AsyncClient(target, timeout=10) as client:
+            yield Served(app, app.storage, client, target)
 
 
 def digest(i: int) -> bytes:
@@ -163,30 +138,28 @@ async def test_bad_requests_get_the_right_code_and_change_nothing(
         assert info.value.code() == code
         assert words in (info.value.details() or "")
         assert (await s.store.announcements.count(), await s.store.providers.count()) == before
-        assert s.node.mode == "server"
+        assert s.app.mode == "server"
 
 
 async def test_two_nodes_announce_find_locate_and_the_sync_client(tmp_path: Path) -> None:
     async with served(tmp_path / "a") as a, served(tmp_path / "b") as b:
-        peer, is_server = await b.client.connect(
-            str(with_p2p(a.node.host.listen_addrs[0], a.node.peer_id))
-        )
-        assert peer == str(a.node.peer_id) and is_server
+        peer, is_server = await b.client.connect(str(address(a.app)))
+        assert peer == str(a.app.peer_id) and is_server
         result = await a.client.announce([digest(i) for i in range(4)], wait=True)
         assert result.announced == 4 and result.stored_on == 1
         info = await a.client.node_info()
         assert info.published_shards >= 4 and info.publish_lookups >= 1
         assert info.republish_backlog == 0  # stored on the network, next round scheduled
         found = [p async for p in b.client.find_providers(digest(0), count=1)]
-        assert [p.peer_id for p in found] == [str(a.node.peer_id)]
+        assert [p.peer_id for p in found] == [str(a.app.peer_id)]
         located = [
             x async for x in b.client.locate([digest(9), digest(1), digest(2)], need=2, per_shard=1)
         ]
         assert {x.index for x in located} == {1, 2}
-        closest = await b.client.closest_peers(str(a.node.peer_id))
-        assert [p.peer_id for p in closest] == [str(a.node.peer_id)]
+        closest = await b.client.closest_peers(str(a.app.peer_id))
+        assert [p.peer_id for p in closest] == [str(a.app.peer_id)]
         table = await b.client.routing_table()
-        assert [p.peer_id for p in table] == [str(a.node.peer_id)]
+        assert [p.peer_id for p in table] == [str(a.app.peer_id)]
 
         def blocking_caller() -> tuple[
             list[str], int
@@ -198,19 +171,19 @@ async def test_two_nodes_announce_find_locate_and_the_sync_client(tmp_path: Path
 
         # The servers run on this event loop, so the blocking client runs in a thread.
         providers, size = await anyio.to_thread.run_sync(blocking_caller)
-        assert providers == [str(a.node.peer_id)] and size == 1
+        assert providers == [str(a.app.peer_id)] and size == 1
 
         # An operator turns A into a client: it stops answering, and B (told by identify push)
         # takes it out of its table; back to server, and B takes it in again.
         assert (await a.client.set_mode("client")).mode == "client"
         with anyio.fail_after(10):
-            while len(b.node.dht.routing_table):
-                await b.node.dht.table_changed.wait()
+            while len(b.app.dht.routing_table):
+                await b.app.dht.table_changed.wait()
         assert (await a.client.node_info()).mode == "client"
         assert (await a.client.set_mode("server")).mode == "server"
         with anyio.fail_after(10):
-            while not len(b.node.dht.routing_table):
-                await b.node.dht.table_changed.wait()
+            while not len(b.app.dht.routing_table):
+                await b.app.dht.table_changed.wait()
 
 
 async def test_a_lookup_past_the_callers_deadline_is_deadline_exceeded(tmp_path: Path) -> None:
@@ -224,8 +197,8 @@ async def test_a_lookup_past_the_callers_deadline_is_deadline_exceeded(tmp_path:
         async with anyio.create_task_group() as tg:
             tg.start_soon(silent.serve, hold)
             async with served(tmp_path) as s:
-                mute = PeerId.from_public_key(Ed25519PrivateKey.generate().public_key)
-                await s.node.dht.peer_seen(
+                mute = keyed_peer_id()
+                await s.app.dht.peer_seen(
                     mute, [Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")], is_server=True
                 )
                 with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -233,7 +206,7 @@ async def test_a_lookup_past_the_callers_deadline_is_deadline_exceeded(tmp_path:
                 assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                 # the server itself gave up at the deadline (not only the client's timer)
                 assert "before the deadline" in (info.value.details() or "")
-                counted = s.node.metrics.grpc_requests_total.labels(
+                counted = s.app.metrics.grpc_requests_total.labels(
                     "FindProviders", "DEADLINE_EXCEEDED"
                 )
                 assert counted._value.get() == 1

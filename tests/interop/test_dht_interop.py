@@ -13,23 +13,21 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
-from shardroute.addrs import parse_multiaddr, with_p2p
-from shardroute.config import Settings
+from shardroute.addrs import parse_multiaddr
+from shardroute.app import App
 from shardroute.content import ContentId
-from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
-from shardroute.node import Node
 from tests.interop.thirdparty import PeerCommandError, ThirdPartyPeer, start_peer
-from tests.kad._dht_records import pk_record
+from tests.support.nodes import address, loopback_app
+from tests.support.records import pk_record
 
 pytestmark = pytest.mark.anyio
-SETTINGS = dataclasses.replace(Settings(), listen=("/ip4/127.0.0.1/tcp/0",), diversity_filter=False)
 KINDS = ("shardroute", "go", "js", "py")
 
 
 @dataclasses.dataclass
 class Mixed:
-    node: Node
+    node: App
     peers: dict[str, ThirdPartyPeer]
 
     def peer_id(self, kind: str) -> str:
@@ -39,16 +37,16 @@ class Mixed:
 @asynccontextmanager
 async def mixed_network() -> AsyncIterator[Mixed]:
     async with (
-        Node(SETTINGS, Ed25519PrivateKey.generate()) as node,
+        loopback_app() as node,
         start_peer("go") as go,
         start_peer("js") as js,
         start_peer("py") as py,
     ):
         peers = {"go": go, "js": js, "py": py}
-        ours = str(with_p2p(node.host.listen_addrs[0], node.peer_id))
+        ours = str(address(node))
         with anyio.fail_after(60):
             for peer in peers.values():
-                await node.connect(parse_multiaddr(peer.addrs[0]))
+                await node.node.connect(parse_multiaddr(peer.addrs[0]))
                 await peer.command("dial", addr=ours)
             for a, b in itertools.combinations(peers.values(), 2):
                 await a.command("dial", addr=b.addrs[0])
@@ -93,10 +91,10 @@ async def test_find_node_answers_are_used_in_both_directions() -> None:
     async with (
         start_peer("go") as go,
         start_peer("js") as js,
-        Node(SETTINGS, Ed25519PrivateKey.generate()) as node,
+        loopback_app() as node,
     ):
         await go.command("dial", addr=js.addrs[0])
-        await node.connect(parse_multiaddr(go.addrs[0]))
+        await node.node.connect(parse_multiaddr(go.addrs[0]))
         js_id = PeerId.parse(js.peer_id)
         report = await node.dht.get_closest_peers(js_id.raw)
         assert js_id in [p.peer_id for p in report.peers]  # only go could have told us
@@ -105,10 +103,10 @@ async def test_find_node_answers_are_used_in_both_directions() -> None:
     async with (
         start_peer("go") as go,
         start_peer("js") as js,
-        Node(SETTINGS, Ed25519PrivateKey.generate()) as node,
+        loopback_app() as node,
     ):
-        ours = str(with_p2p(node.host.listen_addrs[0], node.peer_id))
-        await node.connect(parse_multiaddr(js.addrs[0]))
+        ours = str(address(node))
+        await node.node.connect(parse_multiaddr(js.addrs[0]))
         await go.command("dial", addr=ours)
         cid = ContentId.from_shard_hash(hashlib.sha256(b"reachable through shardroute").digest())
         # js admits shardroute to its table only after probing it; provide until the record

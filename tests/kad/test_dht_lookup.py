@@ -12,10 +12,10 @@ import pytest
 from shardroute.errors import LocalProtocolError
 from shardroute.kad.dht import DhtConfig, LookupReport
 from shardroute.kad.keyspace import Key
-from shardroute.kad.memory_network import NodeState
+from shardroute.kad.memory_transport import NodeState
 from shardroute.kad.messages import MessageType
 from shardroute.obs.logging import current_context
-from tests.kad._dht_cluster import Cluster
+from tests.support.cluster import Cluster
 
 pytestmark = pytest.mark.anyio
 
@@ -238,7 +238,7 @@ async def test_log_lines_of_one_lookup_share_a_query_id() -> None:
         silent = origin.dht.routing_table.peers()[0]
         cluster.network.set_state(silent, NodeState.UNRESPONSIVE)
         recorder = _ContextRecorder()
-        logger = logging.getLogger("shardroute.kad.dht")
+        logger = logging.getLogger("shardroute.kad")
         logger.addHandler(recorder)
         old_level = logger.level
         logger.setLevel(logging.DEBUG)

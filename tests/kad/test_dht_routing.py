@@ -10,16 +10,16 @@ from multiaddr import Multiaddr
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.dht import DhtConfig
 from shardroute.kad.keyspace import Key, common_prefix_len
-from shardroute.kad.memory_network import NodeState
+from shardroute.kad.memory_transport import NodeState
 from shardroute.kad.messages import KadMessage, MessageType, PeerInfo
-from tests.kad._dht_cluster import Cluster, Node, random_peer_id
+from tests.support.cluster import Cluster, Member, random_peer_id
 
 pytestmark = pytest.mark.anyio
 
 
-async def _bucket0_nodes(cluster: Cluster, center: Node, n: int) -> list[Node]:
+async def _bucket0_nodes(cluster: Cluster, center: Member, n: int) -> list[Member]:
     """Server nodes whose ids share no prefix bit with `center` (all land in bucket 0)."""
-    out: list[Node] = []
+    out: list[Member] = []
     own = Key.for_peer(center.peer_id)
     while len(out) < n:
         pid = random_peer_id(cluster.rng)
@@ -28,7 +28,7 @@ async def _bucket0_nodes(cluster: Cluster, center: Node, n: int) -> list[Node]:
     return out
 
 
-async def _seen(center: Node, other: Node) -> None:
+async def _seen(center: Member, other: Member) -> None:
     await center.dht.peer_seen(other.peer_id, other.endpoint.self_addrs(), is_server=True)
 
 

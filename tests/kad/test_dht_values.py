@@ -7,9 +7,9 @@ import pytest
 from shardroute.errors import InvalidRecord
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.keyspace import Key, common_prefix_len
-from shardroute.kad.memory_network import RequestHandler
+from shardroute.kad.memory_transport import RequestHandler
 from shardroute.kad.messages import KadMessage, MessageType, ValueRecord
-from tests.kad._dht_cluster import Cluster, Node, ipns_record, pk_record, random_peer_id
+from tests.support.cluster import Cluster, Member, ipns_record, pk_record, random_peer_id
 
 pytestmark = pytest.mark.anyio
 
@@ -23,7 +23,7 @@ async def _holders(cluster: Cluster, key: bytes) -> dict[PeerId, bytes]:
     return found
 
 
-def _outsider(cluster: Cluster, nodes: list[Node], key: bytes) -> Node:
+def _outsider(cluster: Cluster, nodes: list[Member], key: bytes) -> Member:
     """A node that is not among the k closest to `key` (so it holds nothing after a put)."""
     near = set(cluster.true_closest(key))
     return next(n for n in nodes if n.peer_id not in near)

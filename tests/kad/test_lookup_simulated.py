@@ -11,7 +11,7 @@ import pytest
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.keyspace import Key
 from shardroute.kad.lookup import PeerState
-from tests.kad._sim_network import LookupStats, SimNetwork
+from tests.support.lookup_sim import LookupStats, SimNetwork
 
 
 def _targets(net: SimNetwork, count: int) -> list[tuple[PeerId, Key]]:

@@ -11,9 +11,9 @@ from multiaddr import Multiaddr
 
 from shardroute.errors import KadRequestFailed, KadRequestRejected
 from shardroute.identity.peer_id import PeerId
-from shardroute.kad.memory_network import MemoryNetwork, NodeState
+from shardroute.kad.memory_transport import MemoryNetwork, NodeState
 from shardroute.kad.messages import KadMessage, MessageType, PeerInfo, ValueRecord
-from tests.kad._dht_cluster import random_peer_id
+from tests.support.cluster import random_peer_id
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,7 @@ from shardroute.kad.records import (
     pk_record,
 )
 from shardroute.pb import ipns_pb2
-from tests.kad._dht_records import pk_record as rsa_pk_record
+from tests.support.records import pk_record as rsa_pk_record
 
 NOW = 1_800_000_000.0
 validator = make_default_validator()

@@ -7,7 +7,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import anyio
 import dns.asyncresolver
 import dns.message
 import dns.rdatatype
@@ -15,8 +14,9 @@ import dns.rrset
 import pytest
 from multiaddr import Multiaddr
 
-from shardroute.kad.stores import SavedPeer
-from tests.maintenance.fleet import fleet, grow
+from shardroute.kad.memory_repositories import MemoryStorage
+from shardroute.kad.repositories import SavedPeer
+from tests.support.fleet import fleet, grow
 
 pytestmark = [pytest.mark.anyio, pytest.mark.network]
 
@@ -80,15 +80,17 @@ async def test_bootstrap_through_nested_dnsaddr_seeds() -> None:
         }
         with dns_server(zone) as port:
             newcomer = await crew.add([])
-            newcomer.node.dns_resolver = resolver(port)
-            assert await newcomer.node.connect_bootstrap([Multiaddr("/dnsaddr/seeds.test")]) == 3
+            joiner = newcomer.app.bootstrapper
+            joiner.dns_resolver = resolver(port)
+            assert await joiner.connect_bootstrap([Multiaddr("/dnsaddr/seeds.test")]) == 3
             # with a /p2p/ suffix only that peer's records count
-            wanted = Multiaddr(f"/dnsaddr/more.seeds.test/p2p/{seeds[2].node.peer_id}")
-            assert await newcomer.node.connect_bootstrap([wanted]) == 1
+            wanted = Multiaddr(f"/dnsaddr/more.seeds.test/p2p/{seeds[2].app.peer_id}")
+            assert await joiner.connect_bootstrap([wanted]) == 1
             # an unknown name is logged and skipped, not fatal
-            assert await newcomer.node.connect_bootstrap([Multiaddr("/dnsaddr/nx.test")]) == 0
-            assert await newcomer.node.bootstrap([Multiaddr("/dnsaddr/seeds.test")])
-        assert len(newcomer.node.dht.routing_table) >= 10
+            assert await joiner.connect_bootstrap([Multiaddr("/dnsaddr/nx.test")]) == 0
+            joiner.addrs = [Multiaddr("/dnsaddr/seeds.test")]
+            assert await joiner.bootstrap()
+        assert len(newcomer.app.dht.routing_table) >= 10
 
 
 async def test_bootstrap_backs_off_while_no_seed_answers_and_a_stored_table_still_serves() -> None:
@@ -98,29 +100,29 @@ async def test_bootstrap_backs_off_while_no_seed_answers_and_a_stored_table_stil
         dead_addr = down.addr
         await crew.kill(down)
         # A node whose only bootstrap peer is down retries: 1 s, 2 s, 4 s ... (jittered x0.5-1.5).
-        async with anyio.create_task_group() as tg:
-            member = await crew.add([])
-            node = member.node
-            tg.start_soon(node.join, [dead_addr])
-            delays = []
-            for _ in range(3):
-                await crew.clock.wait_sleepers(crew.sleepers() + 1)
-                wake = crew.clock.next_wakeup()
-                assert wake is not None
-                delays.append(wake - crew.clock.monotonic())
-                crew.clock.advance(wake - crew.clock.monotonic())
-            assert 0.5 <= delays[0] <= 1.5 and 1.0 <= delays[1] <= 3.0 and 2.0 <= delays[2] <= 6.0
-            attempts = node.metrics.registry.get_sample_value(
-                "shardroute_bootstrap_attempts_total", {"result": "empty"}
-            )
-            assert attempts is not None and attempts >= 3
-            tg.cancel_scope.cancel()
+        member = await crew.add([dead_addr], wait_joined=False)
+        clock = crew.fake_clock
+        delays = []
+        for _ in range(3):
+            await clock.wait_sleepers(crew.sleepers() + 1)  # + the backoff's own sleep
+            wake = clock.next_wakeup()
+            assert wake is not None
+            delays.append(wake - clock.monotonic())
+            clock.advance(wake - clock.monotonic())
+        assert 0.5 <= delays[0] <= 1.5 and 1.0 <= delays[1] <= 3.0 and 2.0 <= delays[2] <= 6.0
+        attempts = member.app.metrics.registry.get_sample_value(
+            "shardroute_bootstrap_attempts_total", {"result": "empty"}
+        )
+        assert attempts is not None and attempts >= 3
+        assert not member.app.joined.is_set()
+        await crew.kill(member)
         # A node with the same dead seed but a stored table joins through the stored peers.
         live = crew.members[0]
-        saved = [SavedPeer(live.node.peer_id, (live.node.host.listen_addrs[0],), 0.0, None)]
-        member = await crew.add([])
-        with anyio.fail_after(30):
-            await member.node.join([dead_addr], saved)
-        assert live.node.peer_id in member.node.dht.routing_table
-        report = await member.node.dht.get_closest_peers(b"some key")
+        storage = MemoryStorage()
+        await storage.routing.save(
+            [SavedPeer(live.app.peer_id, (live.app.host.listen_addrs[0],), 0.0, None)]
+        )
+        member = await crew.add([dead_addr], storage=storage)
+        assert live.app.peer_id in member.app.dht.routing_table
+        report = await member.app.dht.get_closest_peers(b"some key")
         assert len(report.peers) >= 3

@@ -237,26 +237,23 @@ async def test_shutdown_leaks_no_sockets() -> None:
 
 async def test_identify_push_tells_connected_peers_about_new_and_removed_protocols() -> None:
     async with new_host() as a, new_host() as b:
+        events = a.subscribe_identified()
         await a.dial(parse_multiaddr(full_addr(b)))
         await a.wait_identified(b.peer_id)
-        seen: list[tuple[frozenset[str], bool]] = []
-        changed = anyio.Event()
-
-        def on_identified(peer: PeerId, info: object, pushed: bool) -> None:
-            seen.append((a.peerstore.protocols(peer), pushed))
-            changed.set()
-
-        a.on_identified(on_identified)
-        assert ECHO not in a.peerstore.protocols(b.peer_id)
+        with anyio.fail_after(5):
+            first = await events.receive()
+        assert first.peer == b.peer_id and not first.pushed
+        assert first.remote_addr == a.connection(b.peer_id).remote_addr  # type: ignore[union-attr]
+        assert ECHO not in first.protocols
         b.set_stream_handler(ECHO, echo_handler)
         with anyio.fail_after(5):
-            await changed.wait()
-        assert seen[-1] == (a.peerstore.protocols(b.peer_id), True)
-        assert ECHO in a.peerstore.protocols(b.peer_id)
-        changed = anyio.Event()
+            pushed = await events.receive()
+        assert pushed.pushed and ECHO in pushed.protocols
+        assert pushed.protocols == a.peerstore.protocols(b.peer_id)
         b.remove_stream_handler(ECHO)
         with anyio.fail_after(5):
-            await changed.wait()
+            removed = await events.receive()
+        assert removed.pushed and ECHO not in removed.protocols
         assert ECHO not in a.peerstore.protocols(b.peer_id)
 
 

@@ -2,45 +2,36 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
-from contextlib import AsyncExitStack
 
 import anyio
 import pytest
 
-from shardroute.addrs import with_p2p
-from shardroute.config import Settings
-from shardroute.identity.keys import Ed25519PrivateKey
+from shardroute.clock import SystemClock
 from shardroute.kad.keyspace import Key, closest
-from shardroute.node import Node
+from tests.support.fleet import fleet
+from tests.support.settings import loopback
 
 pytestmark = [pytest.mark.anyio, pytest.mark.network]
 
 NODES = 64
 SEEDS = 4
-SETTINGS = dataclasses.replace(
-    Settings(), listen=("/ip4/127.0.0.1/tcp/0",), diversity_filter=False, query_timeout=20.0
-)
+SETTINGS = loopback(query_timeout=20.0)
 
 
 async def test_lookups_find_the_true_closest_and_providers_are_found() -> None:
     rng = random.Random(7)
-    async with AsyncExitStack() as stack:
-        nodes = [
-            await stack.enter_async_context(Node(SETTINGS, Ed25519PrivateKey.generate()))
-            for _ in range(NODES)
-        ]
-        seeds = [with_p2p(n.host.listen_addrs[0], n.peer_id) for n in nodes[:SEEDS]]
+    async with fleet(SETTINGS, clock=SystemClock()) as crew:
         with anyio.fail_after(120):
-            for seed in nodes[:SEEDS]:  # the seeds know each other
-                for addr in seeds:
-                    if not str(addr).endswith(str(seed.peer_id)):
-                        await seed.connect(addr)
-            async with anyio.create_task_group() as tg:
-                for i, node in enumerate(nodes[SEEDS:]):
-                    tg.start_soon(node.bootstrap, [seeds[i % SEEDS]])
+            for _ in range(SEEDS):  # the seeds know each other
+                await crew.add([m.addr for m in crew.members])
+            seeds = [m.addr for m in crew.members]
+            for i in range(NODES - SEEDS):
+                await crew.add([seeds[i % SEEDS]], wait_joined=False)
+            for member in crew.members:
+                await member.app.joined.wait()
+            nodes = [m.app for m in crew.members]
             # a second round of self-lookups once everyone is in
             async with anyio.create_task_group() as tg:
                 for node in nodes:

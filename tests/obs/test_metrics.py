@@ -7,12 +7,12 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shardroute.obs.metrics import DhtMetricsAdapter, Metrics
+from shardroute.obs.metrics import Metrics, MetricsAdapter
 
 
 def test_names_follow_conventions_and_the_adapter_records() -> None:
     metrics = Metrics(CollectorRegistry())
-    adapter = DhtMetricsAdapter(metrics)
+    adapter = MetricsAdapter(metrics)
     adapter.lookup_finished("provide", duration=0.02, requests=12, rounds=3, timed_out=False)
     adapter.lookup_finished("get_providers", duration=10.0, requests=40, rounds=5, timed_out=True)
     adapter.request_finished("FIND_NODE", ok=False)

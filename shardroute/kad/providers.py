@@ -1,0 +1,225 @@
+"""Provider records over the network (kad-dht.md §10): provide, and find who provides.
+
+Providing is a FIND_NODE lookup for the key, then ADD_PROVIDER to the k closest peers (never
+answered). Finding reads our own records first, then runs a GET_PROVIDERS lookup that yields
+providers as their answers arrive and stops once it has enough.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Callable, Sequence
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
+
+from shardroute import limits
+from shardroute.errors import LocalProtocolError
+from shardroute.identity.peer_id import PeerId
+from shardroute.kad.context import KadContext, KadOperation
+from shardroute.kad.lookup_runner import LookupOutcome
+from shardroute.kad.messages import KadMessage, MessageType, PeerInfo
+from shardroute.kad.reports import LookupReport, ProvideReport
+from shardroute.kad.repositories import ProviderRecord, ProviderStore
+
+log = logging.getLogger(__name__)
+
+
+def check_provider_key(key: bytes) -> None:
+    if not 1 <= len(key) <= limits.KAD_MAX_PROVIDER_KEY:
+        raise LocalProtocolError(
+            f"a provider key is a multihash of 1…{limits.KAD_MAX_PROVIDER_KEY} bytes, "
+            f"got {len(key)}"
+        )
+
+
+class ProviderRouting(KadOperation):
+    def __init__(self, context: KadContext, store: ProviderStore) -> None:
+        super().__init__(context)
+        self.store = store
+        self._tg: TaskGroup | None = None
+
+    def attach(self, tg: TaskGroup | None) -> None:
+        """The task group that runs `find_providers`' lookups (the facade's)."""
+        self._tg = tg
+
+    def _self_provider(self) -> PeerInfo:
+        addrs = self.keeper.addrs_of(self.self_id)
+        if not addrs:
+            # Servers drop provider entries without addresses (go refuses to provide too).
+            raise LocalProtocolError("cannot provide without a dialable address")
+        return PeerInfo(peer_id=self.self_id, addrs=addrs)
+
+    async def _record_self(self, key: bytes, me: PeerInfo) -> None:
+        now = self.clock.wall()
+        await self.store.add_provider(
+            ProviderRecord(
+                key=key,
+                provider=self.self_id,
+                addrs=me.addrs,
+                received_at=now,
+                expires_at=now + self.config.provider_ttl,
+            )
+        )
+
+    def _find_closest(self, key: bytes) -> KadMessage:
+        return KadMessage(type=MessageType.FIND_NODE, key=key)
+
+    async def _send(
+        self, batches: dict[PeerId, list[KadMessage]], infos: dict[PeerId, PeerInfo]
+    ) -> set[PeerId]:
+        """ADD_PROVIDER batches, one stream per peer; a peer that fails counts a failure."""
+        for peer in batches:
+            if peer not in infos:
+                infos[peer] = self.keeper.info(peer)
+        sent = await self.requests.send_batches(batches, infos, self.config.put_timeout)
+        for peer in batches.keys() - sent:
+            self.keeper.peer_failed(peer)
+        return sent
+
+    async def provide(self, key: bytes) -> ProvideReport:
+        """Announce that we provide `key` (a CID's multihash) to the k closest peers."""
+        return (await self.provide_many([key]))[0]
+
+    async def provide_many(
+        self, keys: Sequence[bytes], *, concurrency: int = 4
+    ) -> list[ProvideReport]:
+        """Provide several keys, one lookup each, ADD_PROVIDERs batched on one stream per peer."""
+        for key in keys:
+            check_provider_key(key)
+        me = self._self_provider()
+        outcomes: dict[bytes, LookupOutcome] = {}
+        limiter = anyio.CapacityLimiter(max(1, concurrency))
+        start = self.clock.monotonic()
+
+        async def one(key: bytes) -> None:
+            async with limiter:
+                await self._record_self(key, me)
+                outcomes[key] = await self.runner.run("provide", key, self._find_closest(key))
+
+        async with anyio.create_task_group() as tg:
+            for key in dict.fromkeys(keys):
+                tg.start_soon(one, key)
+        batches: dict[PeerId, list[KadMessage]] = {}
+        for key, outcome in outcomes.items():
+            message = KadMessage(type=MessageType.ADD_PROVIDER, key=key, provider_peers=(me,))
+            for peer in outcome.lookup.result():
+                batches.setdefault(peer, []).append(message)
+        sent = await self._send(batches, {})
+        single = len(outcomes) == 1
+        reports = []
+        for key in dict.fromkeys(keys):
+            outcome = outcomes[key]
+            targets = outcome.lookup.result()
+            reports.append(
+                ProvideReport(
+                    key=key,
+                    peers=[self.keeper.info(p) for p in targets],
+                    accepted=sum(1 for p in targets if p in sent),
+                    requests=outcome.lookup.requests_sent + len(targets),
+                    rounds=outcome.lookup.rounds,
+                    # One key: the whole operation, sends included; several: each lookup's.
+                    duration=self.clock.monotonic() - start if single else outcome.duration,
+                    timed_out=outcome.timed_out,
+                )
+            )
+        return reports
+
+    async def provide_assigned(
+        self, assignments: dict[bytes, list[PeerInfo]], *, record_self: bool = True
+    ) -> dict[bytes, int]:
+        """ADD_PROVIDER each key to the peers chosen for it, every peer's keys on one stream.
+
+        The republisher's path: it already knows each key's k closest peers (a region map), so
+        no lookup runs here. Returns, per key, how many of its peers took the stream.
+        """
+        for key in assignments:
+            check_provider_key(key)
+        me = self._self_provider()
+        batches: dict[PeerId, list[KadMessage]] = {}
+        infos: dict[PeerId, PeerInfo] = {}
+        for key, peers in assignments.items():
+            if record_self:
+                await self._record_self(key, me)
+            message = KadMessage(type=MessageType.ADD_PROVIDER, key=key, provider_peers=(me,))
+            for info in peers:
+                infos[info.peer_id] = info
+                batches.setdefault(info.peer_id, []).append(message)
+        sent = await self._send(batches, infos)
+        return {
+            key: sum(1 for i in peers if i.peer_id in sent) for key, peers in assignments.items()
+        }
+
+    async def find_providers(
+        self,
+        key: bytes,
+        count: int,
+        *,
+        on_report: Callable[[LookupReport], None] | None = None,
+    ) -> AsyncGenerator[PeerInfo, None]:
+        """Providers of `key`: local records first, then a GET_PROVIDERS lookup.
+
+        Yields each provider once, as it arrives, and stops after `count`, cancelling the
+        requests still in flight; otherwise the lookup runs to its end. `on_report` receives the
+        lookup's report when one ran.
+        """
+        check_provider_key(key)
+        if count < 1:
+            return
+        seen: set[PeerId] = set()
+        for record in await self.store.get_providers(key, self.clock.wall(), count):
+            if record.provider in seen:
+                continue
+            seen.add(record.provider)
+            addrs = record.addrs or self.keeper.addrs_of(record.provider)
+            yield PeerInfo(peer_id=record.provider, addrs=addrs)
+            if len(seen) >= count:
+                return
+        if self._tg is None:
+            raise LocalProtocolError("enter the Dht (async with) before looking up providers")
+        send, receive = anyio.create_memory_object_stream[PeerInfo](max_buffer_size=count)
+        scope = anyio.CancelScope()
+        self._tg.start_soon(self._search, key, count - len(seen), seen, send, scope, on_report)
+        try:
+            with receive:
+                async for info in receive:
+                    yield info
+        finally:
+            scope.cancel()
+
+    async def _search(
+        self,
+        key: bytes,
+        wanted: int,
+        seen: set[PeerId],
+        send: MemoryObjectSendStream[PeerInfo],
+        scope: anyio.CancelScope,
+        on_report: Callable[[LookupReport], None] | None,
+    ) -> None:
+        emitted = 0
+
+        def on_answer(sender: PeerId, reply: KadMessage) -> bool:
+            nonlocal emitted
+            for info in reply.provider_peers:
+                if info.peer_id in seen:
+                    continue
+                seen.add(info.peer_id)
+                if info.addrs:
+                    self.keeper.remember_temp(info.peer_id, info.addrs)
+                addrs = info.addrs or self.keeper.addrs_of(info.peer_id)
+                try:
+                    send.send_nowait(PeerInfo(peer_id=info.peer_id, addrs=addrs))
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return True  # the consumer went away
+                emitted += 1
+                if emitted >= wanted:
+                    return True
+            return False
+
+        with scope, send:
+            outcome = await self.runner.run(
+                "get_providers", key, KadMessage(type=MessageType.GET_PROVIDERS, key=key), on_answer
+            )
+            if on_report is not None:
+                on_report(self.runner.report(outcome))

@@ -1,0 +1,213 @@
+"""Kademlia over libp2p streams: the client side of `KadTransport` and the server stream loop.
+
+Requests are uvarint-framed protobufs. We open one stream per request and half-close it when
+done (as js does); the server loop answers several requests per inbound stream, in order, as go
+expects. ADD_PROVIDER is never answered and no answer is ever read for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import anyio
+from multiaddr import Multiaddr
+
+from shardroute import limits
+from shardroute.errors import (
+    ConnectionClosed,
+    DialError,
+    KadMessageError,
+    KadRequestFailed,
+    KadRequestRejected,
+    MessageTooLarge,
+    RemoteProtocolError,
+    ResourceLimitExceeded,
+    ShardrouteError,
+    StreamReset,
+)
+from shardroute.identity.peer_id import PeerId
+from shardroute.kad.handler import KadHandler
+from shardroute.kad.messages import KadMessage, PeerInfo, decode_message, encode_message
+from shardroute.protocol.varint import LengthPrefixedReader, frame
+
+log = logging.getLogger(__name__)
+
+# go resets an inbound DHT stream after a minute without a request.
+INBOUND_IDLE_TIMEOUT = 60.0
+
+
+class Stream(Protocol):
+    """A libp2p stream as the kad transport uses it (`net.muxer.MuxedStream` is one)."""
+
+    @property
+    def remote_peer(self) -> PeerId: ...
+
+    @property
+    def finished_locally(self) -> bool: ...
+
+    async def receive(self, max_bytes: int = ...) -> bytes: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def send_eof(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def reset(self) -> None: ...
+
+
+class StreamHost(Protocol):
+    """What the kad transport needs of a libp2p host (`net.host.Host` is one)."""
+
+    @property
+    def peer_id(self) -> PeerId: ...
+
+    def advertised_addrs(self) -> list[Multiaddr]: ...
+
+    def peer_addrs(self, peer: PeerId) -> list[Multiaddr]: ...
+
+    async def new_stream(
+        self, peer: PeerId, protocols: Sequence[str], *, addrs: Sequence[Multiaddr] = ()
+    ) -> Stream: ...
+
+
+class ServerMetrics(Protocol):
+    def request_received(self, message_type: str, result: str) -> None: ...
+
+    def bad_message(self, reason: str, count: int = 1) -> None: ...
+
+
+class StreamTransport:
+    """`KadTransport` over a real libp2p host."""
+
+    def __init__(self, host: StreamHost, protocol_id: str) -> None:
+        self.host = host
+        self.protocol_id = protocol_id
+        self.self_id = host.peer_id
+
+    def self_addrs(self) -> list[Multiaddr]:
+        return self.host.advertised_addrs()
+
+    def peer_addrs(self, peer: PeerId) -> list[Multiaddr]:
+        return self.host.peer_addrs(peer)
+
+    async def _open(self, peer: PeerInfo) -> Stream:
+        try:
+            return await self.host.new_stream(peer.peer_id, [self.protocol_id], addrs=peer.addrs)
+        except (ShardrouteError, OSError) as exc:
+            raise KadRequestFailed(
+                f"{peer.peer_id}: cannot open a {self.protocol_id} stream: {exc}"
+            ) from exc
+
+    async def request(self, peer: PeerInfo, message: KadMessage, *, timeout: float) -> KadMessage:  # noqa: ASYNC109
+        stream: Stream | None = None
+        try:
+            with anyio.fail_after(timeout):
+                stream = await self._open(peer)
+                await stream.send(frame(encode_message(message)))
+                await stream.send_eof()
+                body = await _read_message(stream)
+                if body is None:
+                    raise KadRequestFailed(f"{peer.peer_id} closed the stream without answering")
+                reply = decode_message(body)
+            await stream.aclose()
+            return reply
+        except TimeoutError as exc:
+            raise KadRequestFailed(f"{peer.peer_id}: no answer within {timeout} s") from exc
+        except KadRequestFailed:
+            raise
+        except (ShardrouteError, OSError, anyio.EndOfStream) as exc:
+            raise KadRequestFailed(f"{peer.peer_id}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if stream is not None and not stream.finished_locally:
+                with anyio.CancelScope(shield=True):
+                    await stream.reset()
+
+    async def send(self, peer: PeerInfo, messages: Sequence[KadMessage], *, timeout: float) -> None:  # noqa: ASYNC109
+        try:
+            with anyio.fail_after(timeout):
+                stream = await self._open(peer)
+                try:
+                    await stream.send(b"".join(frame(encode_message(m)) for m in messages))
+                    await stream.aclose()
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await stream.reset()
+                    raise
+        except TimeoutError as exc:
+            raise KadRequestFailed(f"{peer.peer_id}: send not done within {timeout} s") from exc
+        except KadRequestFailed:
+            raise
+        except (ShardrouteError, OSError) as exc:
+            raise KadRequestFailed(f"{peer.peer_id}: {type(exc).__name__}: {exc}") from exc
+
+
+async def _read_message(stream: Stream, reader: LengthPrefixedReader | None = None) -> bytes | None:
+    """One framed message; None on a clean EOF between messages."""
+    reader = reader or LengthPrefixedReader(limits.KAD_MAX_MESSAGE)
+    while True:
+        body = reader.next_message()
+        if body is not None:
+            return body
+        try:
+            reader.receive_data(await stream.receive())
+        except anyio.EndOfStream:
+            if reader.buffered:
+                raise KadMessageError("stream ended inside a message") from None
+            return None
+
+
+def make_server_handler(
+    handler: KadHandler, *, metrics: ServerMetrics | None = None
+) -> Callable[[Stream], Awaitable[None]]:
+    """The stream handler the host runs for the DHT protocol in server mode."""
+
+    async def serve(stream: Stream) -> None:
+        sender = stream.remote_peer
+        reader = LengthPrefixedReader(limits.KAD_MAX_MESSAGE)
+        try:
+            while True:
+                with anyio.fail_after(INBOUND_IDLE_TIMEOUT):
+                    body = await _read_message(stream, reader)
+                if body is None:
+                    await stream.aclose()
+                    return
+                request = decode_message(body)
+                if request.dropped_peers:
+                    log.info("%s sent %d unusable peer entries", sender, request.dropped_peers)
+                    if metrics is not None:
+                        metrics.bad_message("bad_peer_entry", request.dropped_peers)
+                try:
+                    reply = await handler.handle(sender, request)
+                except KadRequestRejected:
+                    if metrics is not None:
+                        metrics.request_received(request.type.name, "rejected")
+                    raise
+                if metrics is not None:
+                    metrics.request_received(request.type.name, "ok")
+                if reply is not None:
+                    await stream.send(frame(encode_message(reply)))
+        except (KadMessageError, MessageTooLarge, KadRequestRejected) as exc:
+            reason = {
+                KadMessageError: "undecodable",
+                MessageTooLarge: "too_large",
+                KadRequestRejected: "rejected",
+            }[type(exc)]
+            log.info("refusing DHT request from %s: %s", sender, exc)
+            if metrics is not None:
+                metrics.bad_message(reason)
+            await stream.reset()
+        except TimeoutError:
+            await stream.reset()
+        except (
+            ConnectionClosed,
+            StreamReset,
+            DialError,
+            ResourceLimitExceeded,
+            RemoteProtocolError,
+        ):
+            await stream.reset()
+
+    return serve

@@ -1,0 +1,57 @@
+"""What the DHT needs from the outside world: send a request to a peer and get the reply.
+
+`shardroute.kad.streams.StreamTransport` implements it over libp2p streams and
+`shardroute.kad.memory_transport` over direct calls, so the same DHT code runs in production,
+in tests and in the many-node simulator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from multiaddr import Multiaddr
+
+from shardroute.identity.peer_id import PeerId
+from shardroute.kad.messages import KadMessage, PeerInfo
+
+
+class KadTransport(Protocol):
+    """One node's view of the network, as the DHT uses it."""
+
+    self_id: PeerId
+
+    def self_addrs(self) -> list[Multiaddr]:
+        """Our current dialable addresses (what ADD_PROVIDER advertises)."""
+        ...
+
+    def peer_addrs(self, peer: PeerId) -> list[Multiaddr]:
+        """Addresses the transport itself knows for `peer` (a connection, identify)."""
+        ...
+
+    # The timeout is a parameter (ASYNC109) so the driver can reset the stream it belongs to.
+    async def request(
+        self,
+        peer: PeerInfo,
+        message: KadMessage,
+        *,
+        timeout: float,  # noqa: ASYNC109
+    ) -> KadMessage:
+        """Send one request and return its reply (FIND_NODE, GET_*, PUT_VALUE, PING).
+
+        Raises `KadRequestFailed` on a dial error, a reset, a timeout or an unusable reply.
+        """
+        ...
+
+    async def send(
+        self,
+        peer: PeerInfo,
+        messages: Sequence[KadMessage],
+        *,
+        timeout: float,  # noqa: ASYNC109
+    ) -> None:
+        """Write fire-and-forget messages (ADD_PROVIDER) on one stream; no reply is read.
+
+        Raises `KadRequestFailed` when the messages could not be written.
+        """
+        ...

@@ -1,0 +1,106 @@
+"""Bad DHT input over real streams: a clean refusal, a log line, a metric, nothing stored, and
+the node keeps serving."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from shardroute.app import App
+from shardroute.errors import StreamReset
+from shardroute.kad.messages import (
+    KadMessage,
+    MessageType,
+    PeerInfo,
+    decode_message,
+    encode_message,
+)
+from shardroute.net.muxer import MuxedStream
+from shardroute.pb import dht_pb2
+from shardroute.protocol.varint import LengthPrefixedReader, encode_uvarint, frame
+from tests.support.nodes import address, loopback_app
+
+pytestmark = pytest.mark.anyio
+
+PROTOCOL = "/icn/kad/1.0.0"
+KEY = bytes.fromhex("1220b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9")
+
+
+def node() -> App:
+    return loopback_app()
+
+
+async def answer_of(stream: MuxedStream) -> bytes:
+    data = b""
+    with anyio.fail_after(5):
+        try:
+            while True:
+                data += await stream.receive()
+        except anyio.EndOfStream:
+            pass
+    return data
+
+
+def bad_count(target: App, reason: str) -> float:
+    return target.metrics.bad_messages_total.labels(reason)._value.get()
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (frame(b"\x0a\xff\xff\xff\xff"), "undecodable"),
+        (frame(dht_pb2.Message(type=7).SerializeToString()), "undecodable"),  # type: ignore[arg-type]
+        (encode_uvarint(5 * 1024 * 1024) + b"\x08", "too_large"),
+        (
+            frame(encode_message(KadMessage(type=MessageType.GET_PROVIDERS, key=b"k" * 100))),
+            "rejected",
+        ),
+    ],
+)
+async def test_malformed_requests_reset_the_stream_and_count(payload: bytes, reason: str) -> None:
+    async with node() as target, node() as sender:
+        await sender.node.connect(address(target))
+        stream = await sender.host.new_stream(target.peer_id, [PROTOCOL])
+        await stream.send(payload)
+        with pytest.raises(StreamReset):
+            await answer_of(stream)
+        assert bad_count(target, reason) == 1
+        # the same peer on a fresh stream is still served
+        report = await sender.dht.get_closest_peers(b"still serving")
+        assert [p.peer_id for p in report.peers] == [target.peer_id]
+
+
+async def test_add_provider_naming_another_peer_is_refused_and_not_stored() -> None:
+    async with node() as target, node() as sender:
+        await sender.node.connect(address(target))
+        victim = PeerInfo(target.peer_id, tuple(target.host.listen_addrs))  # not the sender
+        forged = KadMessage(type=MessageType.ADD_PROVIDER, key=KEY, provider_peers=(victim,))
+        stream = await sender.host.new_stream(target.peer_id, [PROTOCOL])
+        await stream.send(frame(encode_message(forged)))
+        await stream.send_eof()
+        with pytest.raises(StreamReset):
+            await answer_of(stream)
+        assert await target.dht.providers.count() == 0
+        assert bad_count(target, "rejected") == 1
+
+
+async def test_garbage_closer_peers_never_reach_the_routing_table() -> None:
+    async with node() as asker, node() as liar:
+
+        async def lying_handler(stream: MuxedStream) -> None:
+            reader = LengthPrefixedReader(4096)
+            while (body := reader.next_message()) is None:
+                reader.receive_data(await stream.receive())
+            reply = dht_pb2.Message(type=decode_message(body).type)  # type: ignore[arg-type]
+            for junk_id in (b"", b"\x00\x05abc", b"\x12\x20" + b"x" * 10):
+                peer = reply.closerPeers.add()
+                peer.id = junk_id
+                peer.addrs.append(b"\xff\xfe garbage")
+            await stream.send(frame(reply.SerializeToString()))
+            await stream.aclose()
+
+        liar.host.set_stream_handler(PROTOCOL, lying_handler)
+        await asker.node.connect(address(liar))
+        report = await asker.dht.get_closest_peers(b"anything")
+        assert [p.peer_id for p in report.peers] == [liar.peer_id]
+        assert asker.dht.routing_table.peers() == [liar.peer_id]
