@@ -324,8 +324,10 @@ class Host:
             log.debug("connection to %s closed: %s", peer, conn.close_reason)
 
     async def _close_later(self, conn: MuxedConnection) -> None:
+        """Close a duplicate once the streams on it are done (or the grace ran out)."""
         with anyio.move_on_after(DUPLICATE_CONNECTION_GRACE):
-            await conn.wait_closed()
+            while conn.streams and not conn.closed:
+                await conn.streams_changed.wait()
         await conn.close("duplicate connection")
 
     async def wait_connected(self, peer: PeerId) -> MuxedConnection:

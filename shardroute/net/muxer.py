@@ -204,6 +204,7 @@ class MuxedConnection:
             is_client=direction is Direction.OUTBOUND, max_streams=max_streams
         )
         self.streams: dict[int, MuxedStream] = {}
+        self.streams_changed = Wakeup()  # a stream ended
         self.closed = False
         self.close_reason: str | None = None
         self._on_stream = on_stream
@@ -215,6 +216,7 @@ class MuxedConnection:
         self._ping_timeout = ping_timeout
         self._tg: anyio.abc.TaskGroup | None = None
         self._done = anyio.Event()
+        # No new streams of ours go on it (a duplicate, or the peer sent GoAway).
         self.draining = False
 
     def wake_writer(self) -> None:
@@ -287,8 +289,11 @@ class MuxedConnection:
         return False
 
     # -- internals --
-    def _forget(self, stream_id: int) -> None:
-        self.streams.pop(stream_id, None)
+    def _forget(self, stream_id: int) -> MuxedStream | None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            self.streams_changed.fire()
+        return stream
 
     def _mark_closed(self, reason: str) -> None:
         if self.closed:
@@ -298,6 +303,7 @@ class MuxedConnection:
         for stream in list(self.streams.values()):
             stream._on_reset()
         self.streams.clear()
+        self.streams_changed.fire()
         self._wake.fire()
 
     async def _flush_now(self) -> None:
@@ -343,9 +349,8 @@ class MuxedConnection:
                 else:
                     self.session.acknowledge_received(event.stream_id, len(event.data))
             elif isinstance(event, StreamOpened):
-                if self.draining:
-                    self.session.reset_stream(event.stream_id)
-                    continue
+                # A draining connection (the loser of a simultaneous dial) still serves what
+                # the peer opens on it: go keeps both connections and uses either.
                 stream = MuxedStream(self, event.stream_id, Direction.INBOUND)
                 self.streams[event.stream_id] = stream
                 self._on_stream(stream)
@@ -354,7 +359,7 @@ class MuxedConnection:
                 if stream is not None:
                     stream._on_eof()
             elif isinstance(event, StreamResetEvent):
-                stream = self.streams.pop(event.stream_id, None)
+                stream = self._forget(event.stream_id)
                 if stream is not None:
                     stream._on_reset()
             elif isinstance(event, WindowUpdated):
@@ -362,7 +367,7 @@ class MuxedConnection:
                 if stream is not None:
                     stream._on_window()
             elif isinstance(event, StreamClosed):
-                self.streams.pop(event.stream_id, None)
+                self._forget(event.stream_id)
             elif isinstance(event, PingAcknowledged):
                 self._last_pong = event.opaque
                 self._pong.fire()

@@ -195,6 +195,31 @@ async def test_simultaneous_dials_end_with_one_connection() -> None:
         assert await stream.receive() == b"hello"
 
 
+async def test_streams_a_peer_opens_on_the_losing_duplicate_are_served() -> None:
+    """go keeps both connections of a crossed dial and may open streams on either; the one our
+    tie-break drops must serve them until they are done, then close."""
+    async with new_host() as one, new_host() as two:
+        # keep the connection dialed by the smaller ID: `big` dials first and loses
+        small, big = sorted((one, two), key=lambda h: h.peer_id.raw)
+        small.set_stream_handler(ECHO, echo_handler)
+        first = await big.dial(parse_multiaddr(full_addr(small)))
+        held = await big.open_stream_on(first, [ECHO])
+        await small.dial(big.listen_addrs[0])  # no /p2p/: a second connection, as a crossed dial
+        losing = [c for c in small.connections.of_peer(big.peer_id) if c.draining]
+        assert len(losing) == 1 and not losing[0].closed
+        # big behaves as go: it ignores the tie-break and opens another stream on the loser
+        first.draining = False
+        late = await big.open_stream_on(first, [ECHO])
+        for stream in (held, late):
+            await stream.send(b"on the duplicate")
+            assert await stream.receive() == b"on the duplicate"
+            await stream.aclose()
+        # once its streams are done, the duplicate closes (well before the grace runs out)
+        with anyio.fail_after(4):
+            await losing[0].wait_closed()
+        assert small.connection(big.peer_id) is not None
+
+
 async def test_garbage_peer_is_dropped_and_others_still_served() -> None:
     # A short upgrade timeout so the truncated-handshake case ends quickly.
     async with new_host(host_limits=HostLimits(upgrade_timeout=2.0)) as b:
