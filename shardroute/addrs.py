@@ -104,14 +104,42 @@ def ip_of(addr: Multiaddr) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     return None
 
 
-def is_loopback(addr: Multiaddr) -> bool:
-    ip = ip_of(addr)
-    return ip is not None and ip.is_loopback
+# Legacy class A allocations that go groups by /8 rather than /16 (go-libp2p-kbucket peerdiversity).
+_LEGACY_CLASS_A = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "12.0.0.0/8",
+        "17.0.0.0/8",
+        "19.0.0.0/8",
+        "38.0.0.0/8",
+        "48.0.0.0/8",
+        "53.0.0.0/8",
+        "56.0.0.0/8",
+        "73.0.0.0/8",
+    )
+)
 
 
-def is_private(addr: Multiaddr) -> bool:
-    ip = ip_of(addr)
-    return ip is not None and (ip.is_private or ip.is_loopback or ip.is_link_local)
+def ip_group(addr_host: str, *, exempt_private: bool = True) -> str | None:
+    """The diversity group of an IP address, e.g. ``"ip4:1.2.0.0/16"``.
+
+    IPv4: the /16, or the /8 for the legacy class A blocks go lists. IPv6: go groups by ASN, but
+    there is no ASN database here, so the /32 prefix stands in for it (roughly one allocation to
+    one network). IPv4-mapped IPv6 counts as IPv4. With `exempt_private`, addresses that are not
+    globally routable (loopback, private, link-local, CGNAT, documentation) have no group: None.
+    Raises ValueError if `addr_host` is not an IP address.
+    """
+    ip = ipaddress.ip_address(addr_host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if exempt_private and not ip.is_global:
+        return None
+    if isinstance(ip, ipaddress.IPv4Address):
+        for legacy in _LEGACY_CLASS_A:
+            if ip in legacy:
+                return f"ip4:{legacy}"
+        return f"ip4:{ipaddress.IPv4Network((ip, 16), strict=False)}"
+    return f"ip6:{ipaddress.IPv6Network((ip, 32), strict=False)}"
 
 
 def sanitize_peer_addrs(peer: PeerId, raw_addrs: Iterable[bytes]) -> list[Multiaddr]:

@@ -47,6 +47,7 @@ from shardroute.maintenance.expiry import ExpirySweep
 from shardroute.maintenance.refresh import Refresher
 from shardroute.maintenance.republish import Publisher
 from shardroute.maintenance.state import count_records, save_routing_table
+from shardroute.net.addresses import AnnouncePolicy, LocalAddresses, parse_cidr
 from shardroute.net.host import Host, HostLimits
 from shardroute.net.muxer import Direction
 from shardroute.node import Node
@@ -87,6 +88,11 @@ class App(Service):
     def _build(self, identity: Ed25519PrivateKey, storage: Storage) -> None:
         settings, clock, reports = self.settings, self.clock, MetricsAdapter(self.metrics)
         self.storage = storage
+        policy = AnnouncePolicy(
+            announce=tuple(parse_multiaddr(a) for a in settings.announce),
+            append_announce=tuple(parse_multiaddr(a) for a in settings.append_announce),
+            no_announce=tuple(parse_cidr(c) for c in settings.no_announce),
+        )
         self.host = Host(
             identity,
             listen_addrs=[parse_multiaddr(a) for a in settings.listen],
@@ -96,6 +102,8 @@ class App(Service):
                 max_streams_per_connection=settings.max_streams_per_connection,
             ),
             agent_version=AGENT_VERSION,
+            addresses=LocalAddresses(policy, share_private=settings.share_private_addrs),
+            metrics=reports,
         )
         config = DhtConfig.from_settings(settings)
         self.dht = Dht(
@@ -229,7 +237,7 @@ class App(Service):
 
     def listen_multiaddrs(self) -> list[Multiaddr]:
         """Full `/p2p/` addresses of the listeners, as `serve` prints them."""
-        return [with_p2p(addr, self.peer_id) for addr in self.host.listen_addrs]
+        return [with_p2p(addr, self.peer_id) for addr in self.host.interface_listen_addrs()]
 
     # -- the operations the API offers (api.backend.NodeBackend) -------------------------
 

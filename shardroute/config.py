@@ -8,6 +8,7 @@ A wrong value stops start-up with a ConfigError naming the setting and where it 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -33,6 +34,10 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0
 class Settings:
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
     bootstrap: tuple[str, ...] = ()
+    announce: tuple[str, ...] = ()
+    append_announce: tuple[str, ...] = ()
+    no_announce: tuple[str, ...] = ()
+    share_private_addrs: bool = False
     data_dir: str = "./shardroute-data"
     protocol: str = "/icn/kad/1.0.0"
     mode: Mode = "server"
@@ -118,6 +123,23 @@ def _as_list(name: str, value: Any, source: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _as_cidrs(name: str, value: Any, source: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise ConfigError(f"{name} ({source}): expected a list of CIDR blocks, got {value!r}")
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{name} ({source}): {item!r} is not a CIDR block like 10.0.0.0/8 or fd00::/8"
+            ) from None
+    return tuple(items)
+
+
 def _host_port(name: str, value: Any, source: str) -> str:
     """HOST:PORT, or empty to turn that listener off."""
     if not isinstance(value, str):
@@ -133,8 +155,10 @@ def _host_port(name: str, value: Any, source: str) -> str:
 def _convert(name: str, value: Any, source: str) -> Any:
     if name in _DURATIONS:
         return _parse_duration(name, value, source)
-    if name in ("listen", "bootstrap"):
+    if name in ("listen", "bootstrap", "announce", "append_announce"):
         return _as_list(name, value, source)
+    if name == "no_announce":
+        return _as_cidrs(name, value, source)
     if name in _POSITIVE_INTS:
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value)
@@ -147,7 +171,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{name} ({source}): expected a whole number >= 0, got {value!r}")
         return value
-    if name in ("diversity_filter", "diversity_exempt_private"):
+    if name in ("diversity_filter", "diversity_exempt_private", "share_private_addrs"):
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
         if not isinstance(value, bool):

@@ -70,7 +70,10 @@ class Node:
     async def _offer(self, event: PeerIdentified) -> None:
         try:
             await self.dht.peer_seen(
-                event.peer, event.listen_addrs, is_server=self.protocol in event.protocols
+                event.peer,
+                event.listen_addrs,
+                is_server=self.protocol in event.protocols,
+                remote_addr=event.remote_addr,
             )
         except ShardrouteError as exc:
             log.debug("routing table update for %s failed: %s", event.peer, exc)
@@ -79,7 +82,12 @@ class Node:
         """Run the table's decision on an identified peer now, not when its event comes."""
         protocols = self.host.peerstore.protocols(peer)
         addrs = self.host.peer_addrs(peer)
-        await self.dht.peer_seen(peer, addrs, is_server=self.protocol in protocols)
+        await self.dht.peer_seen(
+            peer,
+            addrs,
+            is_server=self.protocol in protocols,
+            remote_addr=self.host.remote_addr(peer),
+        )
 
     async def connect(self, addr: Multiaddr) -> PeerId:
         """Dial a peer (as an operator joining by hand would) and wait for identify."""

@@ -113,9 +113,9 @@ class Dht(Service):
         addrs: Sequence[Multiaddr],
         *,
         is_server: bool,
-        ip_groups: Sequence[str] = (),
+        remote_addr: Multiaddr | None = None,
     ) -> None:
-        await self.keeper.peer_seen(peer, addrs, is_server=is_server, ip_groups=ip_groups)
+        await self.keeper.peer_seen(peer, addrs, is_server=is_server, remote_addr=remote_addr)
 
     def peer_failed(self, peer: PeerId) -> None:
         self.keeper.peer_failed(peer)

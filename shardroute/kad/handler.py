@@ -10,8 +10,10 @@ when we know its addresses. Answers pass through `fit_reply` (rust's 16 KiB).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Protocol
+
+from multiaddr import Multiaddr
 
 from shardroute import limits
 from shardroute.errors import InvalidPeerId, InvalidRecord, KadRequestRejected
@@ -42,6 +44,14 @@ class PeerDirectory(Protocol):
         ...
 
     def peer_info(self, peer: PeerId) -> PeerInfo | None: ...
+
+    def visible_to(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
+        """Of `addrs`, those `peer` can use."""
+        ...
+
+    def accepted_from(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
+        """Of the addresses `peer` told us, those we keep."""
+        ...
 
 
 class KadHandler:
@@ -91,10 +101,15 @@ class KadHandler:
             raise KadRequestRejected(f"unsupported message type {request.type!r}")
         return await handler(sender, request)
 
+    def _for(self, sender: PeerId, info: PeerInfo) -> PeerInfo:
+        """`info` with only the addresses `sender` can use."""
+        return PeerInfo(info.peer_id, self.peers.visible_to(sender, info.addrs))
+
     def _closer(self, key: bytes, sender: PeerId) -> list[PeerInfo]:
         found = self.peers.closest_infos(key, self.k, (sender, self.self_id))
-        # The callback promises this; a reply must never break it.
-        return [p for p in found if p.addrs and p.peer_id not in (sender, self.self_id)]
+        # The directory promises this; a reply must never break it.
+        shown = [self._for(sender, p) for p in found if p.peer_id not in (sender, self.self_id)]
+        return [p for p in shown if p.addrs]
 
     async def _ping(self, sender: PeerId, request: KadMessage) -> KadMessage:
         return KadMessage(type=MessageType.PING)
@@ -109,6 +124,8 @@ class KadHandler:
             target = None  # any pre-image is a valid target; it just names no peer
         if target is not None:
             known = self.peers.peer_info(target)
+            if known is not None:
+                known = self._for(sender, known)
             if known is not None and known.addrs:
                 rest = [p for p in closer if p.peer_id != target]
                 closer = [known, *rest][: self.k]
@@ -129,7 +146,7 @@ class KadHandler:
             addrs = record.live_addrs(now)
             if not addrs and (known := self.peers.peer_info(record.provider)) is not None:
                 addrs = known.addrs  # the stored ones aged out; what we know now, if anything
-            providers.append(PeerInfo(record.provider, addrs))
+            providers.append(PeerInfo(record.provider, self.peers.visible_to(sender, addrs)))
         return fit_reply(
             KadMessage(
                 type=MessageType.GET_PROVIDERS,
@@ -152,7 +169,11 @@ class KadHandler:
         if not usable:
             raise KadRequestRejected("ADD_PROVIDER carried no entry for the sender with an address")
         # Several entries for the sender: one record, the addresses of all of them.
-        addrs = tuple(dict.fromkeys(a for p in usable for a in p.addrs))
+        addrs = self.peers.accepted_from(
+            sender, tuple(dict.fromkeys(a for p in usable for a in p.addrs))
+        )
+        if not addrs:
+            raise KadRequestRejected("ADD_PROVIDER carried no address we could hand out")
         stored = await self.providers.add_provider(
             ProviderRecord(
                 key=request.key,

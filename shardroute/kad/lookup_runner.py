@@ -160,7 +160,7 @@ class LookupRunner:
             lookup.on_failure(peer)
             self.keeper.peer_failed(peer)
             return
-        lookup.on_reply(peer, self.keeper.learn_closer(reply.closer_peers))
+        lookup.on_reply(peer, self.keeper.learn_closer(peer, reply.closer_peers))
         self.keeper.answered(peer)
         if on_answer is not None and on_answer(peer, reply):
             lookup.stop()

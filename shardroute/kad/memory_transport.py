@@ -74,11 +74,22 @@ class MemoryEndpoint:
         self.checkpoints: int | None = None  # None: the network's default
         self._wake = anyio.Event()
 
-    def self_addrs(self) -> list[Multiaddr]:
+    def self_addrs(self, to: PeerId | None = None) -> list[Multiaddr]:
         return list(self.addrs)
 
+    # No connections and no scopes here: the DHT's own address book decides, every address
+    # is usable by everyone, and diversity goes by what peers claim.
     def peer_addrs(self, peer: PeerId) -> list[Multiaddr]:
-        return []  # no connection state to ask: the DHT's own address book decides
+        return []
+
+    def shareable_to(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
+        return tuple(addrs)
+
+    def acceptable_from(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
+        return tuple(addrs)
+
+    def remote_addr(self, peer: PeerId) -> Multiaddr | None:
+        return None
 
     @property
     def serving(self) -> bool:

@@ -67,10 +67,20 @@ class ProviderRouting(KadOperation):
         return KadMessage(type=MessageType.FIND_NODE, key=key)
 
     async def _send(
-        self, batches: dict[PeerId, list[KadMessage]], infos: dict[PeerId, PeerInfo]
+        self, keys_by_peer: dict[PeerId, list[bytes]], infos: dict[PeerId, PeerInfo]
     ) -> set[PeerId]:
-        """ADD_PROVIDER batches, one stream per peer; a peer that fails counts a failure."""
-        for peer in batches:
+        """ADD_PROVIDER batches, one stream per peer, each naming the addresses of ours that
+        peer can use; a peer that fails counts a failure."""
+        batches: dict[PeerId, list[KadMessage]] = {}
+        for peer, keys in keys_by_peer.items():
+            me = PeerInfo(self.self_id, tuple(self.keeper.transport.self_addrs(to=peer)))
+            if not me.addrs:
+                log.debug("no address of ours that %s could use: not providing to it", peer)
+                continue
+            batches[peer] = [
+                KadMessage(type=MessageType.ADD_PROVIDER, key=key, provider_peers=(me,))
+                for key in keys
+            ]
             if peer not in infos:
                 infos[peer] = self.keeper.info(peer)
         sent = await self.requests.send_batches(batches, infos, self.config.put_timeout)
@@ -101,12 +111,11 @@ class ProviderRouting(KadOperation):
         async with anyio.create_task_group() as tg:
             for key in dict.fromkeys(keys):
                 tg.start_soon(one, key)
-        batches: dict[PeerId, list[KadMessage]] = {}
+        keys_by_peer: dict[PeerId, list[bytes]] = {}
         for key, outcome in outcomes.items():
-            message = KadMessage(type=MessageType.ADD_PROVIDER, key=key, provider_peers=(me,))
             for peer in outcome.lookup.result():
-                batches.setdefault(peer, []).append(message)
-        sent = await self._send(batches, {})
+                keys_by_peer.setdefault(peer, []).append(key)
+        sent = await self._send(keys_by_peer, {})
         single = len(outcomes) == 1
         reports = []
         for key in dict.fromkeys(keys):
@@ -137,16 +146,15 @@ class ProviderRouting(KadOperation):
         for key in assignments:
             check_provider_key(key)
         me = self._self_provider()
-        batches: dict[PeerId, list[KadMessage]] = {}
+        keys_by_peer: dict[PeerId, list[bytes]] = {}
         infos: dict[PeerId, PeerInfo] = {}
         for key, peers in assignments.items():
             if record_self:
                 await self._record_self(key, me)
-            message = KadMessage(type=MessageType.ADD_PROVIDER, key=key, provider_peers=(me,))
             for info in peers:
                 infos[info.peer_id] = info
-                batches.setdefault(info.peer_id, []).append(message)
-        sent = await self._send(batches, infos)
+                keys_by_peer.setdefault(info.peer_id, []).append(key)
+        sent = await self._send(keys_by_peer, infos)
         return {
             key: sum(1 for i in peers if i.peer_id in sent) for key, peers in assignments.items()
         }
@@ -205,9 +213,10 @@ class ProviderRouting(KadOperation):
                 if info.peer_id in seen:
                     continue
                 seen.add(info.peer_id)
-                if info.addrs:
-                    self.keeper.remember_temp(info.peer_id, info.addrs)
-                addrs = info.addrs or self.keeper.addrs_of(info.peer_id)
+                told = self.keeper.accepted_from(sender, info.addrs)
+                if told:
+                    self.keeper.remember_temp(info.peer_id, told)
+                addrs = told or self.keeper.addrs_of(info.peer_id)
                 try:
                     send.send_nowait(PeerInfo(peer_id=info.peer_id, addrs=addrs))
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):

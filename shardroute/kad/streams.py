@@ -64,9 +64,17 @@ class StreamHost(Protocol):
     @property
     def peer_id(self) -> PeerId: ...
 
-    def advertised_addrs(self) -> list[Multiaddr]: ...
+    def advertised_addrs(self, to: PeerId | None = None) -> list[Multiaddr]: ...
 
     def peer_addrs(self, peer: PeerId) -> list[Multiaddr]: ...
+
+    def shareable_to(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]: ...
+
+    def acceptable_from(
+        self, peer: PeerId, addrs: Sequence[Multiaddr]
+    ) -> tuple[Multiaddr, ...]: ...
+
+    def remote_addr(self, peer: PeerId) -> Multiaddr | None: ...
 
     async def new_stream(
         self, peer: PeerId, protocols: Sequence[str], *, addrs: Sequence[Multiaddr] = ()
@@ -87,11 +95,20 @@ class StreamTransport:
         self.protocol_id = protocol_id
         self.self_id = host.peer_id
 
-    def self_addrs(self) -> list[Multiaddr]:
-        return self.host.advertised_addrs()
+    def self_addrs(self, to: PeerId | None = None) -> list[Multiaddr]:
+        return self.host.advertised_addrs(to)
 
     def peer_addrs(self, peer: PeerId) -> list[Multiaddr]:
         return self.host.peer_addrs(peer)
+
+    def shareable_to(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
+        return self.host.shareable_to(peer, addrs)
+
+    def acceptable_from(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
+        return self.host.acceptable_from(peer, addrs)
+
+    def remote_addr(self, peer: PeerId) -> Multiaddr | None:
+        return self.host.remote_addr(peer)
 
     async def _open(self, peer: PeerInfo) -> Stream:
         try:

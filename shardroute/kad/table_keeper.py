@@ -131,15 +131,24 @@ class TableKeeper(Service):
             return ()
         return self.diversity.groups(ip_hosts(addrs))
 
-    def learn_closer(self, infos: Sequence[PeerInfo]) -> list[PeerId]:
+    def visible_to(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
+        """Of `addrs`, those `peer` can use (the handler filters its answers with this)."""
+        return self.transport.shareable_to(peer, addrs)
+
+    def accepted_from(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
+        """Of the addresses `peer` told us, those we keep and pass on."""
+        return self.transport.acceptable_from(peer, addrs) if addrs else ()
+
+    def learn_closer(self, sender: PeerId, infos: Sequence[PeerInfo]) -> list[PeerId]:
         """Closer peers of one answer worth asking: dialable, not us, within the diversity cap."""
         now = self.clock.monotonic()
         entries: list[tuple[PeerId, Sequence[str]]] = []
         for info in infos[: 2 * self.config.k]:
             if info.peer_id == self.self_id:
                 continue
-            self.addresses.remember_temp(info.peer_id, info.addrs, now)
-            addrs = info.addrs or self.addrs_of(info.peer_id)
+            told = self.accepted_from(sender, info.addrs)
+            self.addresses.remember_temp(info.peer_id, told, now)
+            addrs = told or self.addrs_of(info.peer_id)
             if addrs:
                 entries.append((info.peer_id, self.groups(addrs)))
         if self.diversity is None:
@@ -167,14 +176,15 @@ class TableKeeper(Service):
         addrs: Sequence[Multiaddr],
         *,
         is_server: bool,
-        ip_groups: Sequence[str] = (),
+        remote_addr: Multiaddr | None = None,
     ) -> None:
         """Identify (or a push) told us about `peer`.
 
-        Only DHT servers enter the table; a table peer that is no longer one leaves it. When the
-        bucket is full its least-recently-seen peer is probed now (this call then takes up to
-        the request timeout): alive, it stays and the newcomer waits in the replacement cache;
-        dead, it is evicted and the newcomer takes its place.
+        Only DHT servers enter the table; a table peer that is no longer one leaves it. IP
+        diversity judges the address its connection comes from (`remote_addr`), not what it
+        claims. When the bucket is full its least-recently-seen peer is probed now (this call
+        then takes up to the request timeout): alive, it stays and the newcomer waits in the
+        replacement cache; dead, it is evicted and the newcomer takes its place.
         """
         if peer == self.self_id:
             return
@@ -186,17 +196,23 @@ class TableKeeper(Service):
             self._table_changed()
             return
         self.addresses.remember(peer, addrs)
-        groups = tuple(ip_groups) or self.groups(addrs)
+        groups = self._groups_of(peer, addrs, remote_addr)
         result = self.table.observe(peer, self.clock.monotonic(), ip_groups=groups)
         self._after_admission(peer, result.admission)
         if result.admission is Admission.FULL and result.oldest is not None:
             await self.check_liveness(result.oldest)
 
+    def _groups_of(
+        self, peer: PeerId, addrs: Sequence[Multiaddr], remote_addr: Multiaddr | None = None
+    ) -> tuple[str, ...]:
+        """Diversity groups: of the real connection when there is one, else of the claims."""
+        real = remote_addr or self.transport.remote_addr(peer)
+        return self.groups([real] if real is not None else addrs)
+
     def answered(self, peer: PeerId) -> None:
         """`peer` answered one of our DHT requests: it is a server and it is alive."""
-        result = self.table.observe(
-            peer, self.clock.monotonic(), ip_groups=self.groups(self.addrs_of(peer)), useful=True
-        )
+        groups = self._groups_of(peer, self.addrs_of(peer))
+        result = self.table.observe(peer, self.clock.monotonic(), ip_groups=groups, useful=True)
         self._after_admission(peer, result.admission)
         if result.admission is Admission.FULL and result.oldest is not None and self._tg:
             self._tg.start_soon(self.check_liveness, result.oldest)

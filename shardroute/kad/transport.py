@@ -21,12 +21,25 @@ class KadTransport(Protocol):
 
     self_id: PeerId
 
-    def self_addrs(self) -> list[Multiaddr]:
-        """Our current dialable addresses (what ADD_PROVIDER advertises)."""
+    def self_addrs(self, to: PeerId | None = None) -> list[Multiaddr]:
+        """Our current dialable addresses (what ADD_PROVIDER advertises); with `to`, only
+        those that peer can use."""
         ...
 
     def peer_addrs(self, peer: PeerId) -> list[Multiaddr]:
         """Addresses the transport itself knows for `peer` (a connection, identify)."""
+        ...
+
+    def shareable_to(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
+        """Of `addrs`, those `peer` can use (what we may hand it)."""
+        ...
+
+    def acceptable_from(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
+        """Of the addresses `peer` told us, those worth keeping and passing on."""
+        ...
+
+    def remote_addr(self, peer: PeerId) -> Multiaddr | None:
+        """Where our connection to `peer` comes from, if we have one (IP diversity)."""
         ...
 
     # The timeout is a parameter (ASYNC109) so the driver can reset the stream it belongs to.

@@ -6,12 +6,10 @@ ping. Its parts: `transport` (TCP), `upgrader`, `dialer`, `connections` (the reg
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -19,7 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from multiaddr import Multiaddr
 
 from shardroute import __version__, limits
-from shardroute.addrs import split_p2p, tcp_endpoint, tcp_multiaddr
+from shardroute.addrs import split_p2p, tcp_endpoint
 from shardroute.clock import Clock, SystemClock
 from shardroute.errors import (
     ConnectionClosed,
@@ -32,6 +30,7 @@ from shardroute.errors import (
 )
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
+from shardroute.net.addresses import LocalAddresses, Scope, scope_of, shareable
 from shardroute.net.connections import ConnectionRegistry
 from shardroute.net.dialer import Dialer, Upgraded
 from shardroute.net.identify import IdentifyService, PeerIdentified
@@ -54,6 +53,18 @@ DUPLICATE_CONNECTION_GRACE = 5.0
 StreamHandler = Callable[[MuxedStream], Awaitable[None]]
 
 
+@dataclass(slots=True)
+class _PendingDial:
+    """A dial in progress; callers that want the same peer wait for it and share its end."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: BaseException | None = None
+
+
+class NetMetrics(Protocol):
+    def peer_addrs_dropped(self, reason: str, count: int) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class HostLimits:
     max_connections: int = limits.MAX_CONNECTIONS
@@ -73,6 +84,8 @@ class Host:
         clock: Clock | None = None,
         host_limits: HostLimits | None = None,
         agent_version: str = f"shardroute/{__version__}",
+        addresses: LocalAddresses | None = None,
+        metrics: NetMetrics | None = None,
     ) -> None:
         self.identity = identity
         self.peer_id = PeerId.from_public_key(identity.public_key)
@@ -82,19 +95,19 @@ class Host:
         self.peerstore = Peerstore()
         self.connected_addr_ttl = CONNECTED_ADDR_TTL
         self.connections = ConnectionRegistry(self.peer_id)
+        self._requested_listen = list(listen_addrs)
+        self.addresses = addresses or LocalAddresses()
         self.dialer = Dialer(
             identity,
             dial_timeout=self.limits.dial_timeout,
             upgrade_timeout=self.limits.upgrade_timeout,
+            own_scopes=lambda: {scope_of(a) for a in self.interface_listen_addrs()},
         )
-        self._requested_listen = list(listen_addrs)
-        self._listen_addrs: list[Multiaddr] = []
+        self.metrics = metrics
         self._listen_scopes: list[anyio.CancelScope] = []
         self._handlers: dict[str, StreamHandler] = {}
-        self._pending_dials: dict[PeerId, anyio.Event] = {}
-        self._dial_errors: dict[PeerId, BaseException] = {}
+        self._pending_dials: dict[PeerId, _PendingDial] = {}
         self._inbound_pending = 0
-        self._observed: list[Multiaddr] = []
         self._tg: anyio.abc.TaskGroup | None = None
         self.identify = IdentifyService(self)
         self._handlers.update(self.identify.handlers())
@@ -106,7 +119,7 @@ class Host:
         await self._tg.__aenter__()
         try:
             for addr in self._requested_listen:
-                self._listen_addrs += await self._tg.start(self._listen, addr)
+                self.addresses.listen += await self._tg.start(self._listen, addr)
         except BaseException:
             await self._shutdown()
             raise
@@ -138,26 +151,53 @@ class Host:
     @property
     def listen_addrs(self) -> list[Multiaddr]:
         """The addresses we listen on, ports resolved (wildcards as given)."""
-        return list(self._listen_addrs)
+        return list(self.addresses.listen)
 
-    def advertised_addrs(self) -> list[Multiaddr]:
-        """Dialable addresses for identify and DHT records: wildcards expanded, never 0.0.0.0."""
-        out: list[Multiaddr] = []
-        for addr in self._listen_addrs:
-            endpoint = tcp_endpoint(addr)
-            if endpoint is None:
-                continue
-            host, port = endpoint
-            if host in ("0.0.0.0", "::"):
-                for local in _local_addresses(ipv6=host == "::"):
-                    out.append(tcp_multiaddr(local, port))
-            else:
-                out.append(addr)
-        return list(dict.fromkeys(out))
+    def interface_listen_addrs(self) -> list[Multiaddr]:
+        """The listen addresses with wildcards expanded to every interface address."""
+        return self.addresses.interface_listen_addrs()
 
-    def note_observed_addr(self, addr: Multiaddr) -> None:
-        if addr not in self._observed:
-            self._observed = [*self._observed[-7:], addr]
+    def peer_scope(self, peer: PeerId) -> Scope:
+        """Where `peer` sits for us: the scope of its connection's remote address, or of the
+        nearest address we know for it when not connected (public if we know none)."""
+        conn = self.connections.get(peer)
+        if conn is not None:
+            return scope_of(conn.remote_addr)
+        known = [scope_of(a) for a in self.peer_addrs(peer)]
+        return min(known, default=Scope.PUBLIC)
+
+    def advertised_addrs(self, to: PeerId | None = None) -> list[Multiaddr]:
+        """Our dialable addresses (never 0.0.0.0); with `to`, only those that peer can use."""
+        now = self.clock.monotonic()
+        return self.addresses.advertised(now, None if to is None else self.peer_scope(to))
+
+    def shareable_to(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
+        """Of `addrs` (ours or others'), those `peer` can use."""
+        return shareable(addrs, self.peer_scope(peer), share_private=self.addresses.share_private)
+
+    def acceptable_from(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
+        """Of the addresses `peer` told us (its own or others'), those worth keeping: what it
+        could not have reached itself (a loopback address from another host, a private one
+        from a public peer) is dropped and counted."""
+        kept = self.shareable_to(peer, addrs)
+        if len(kept) < len(addrs) and self.metrics is not None:
+            self.metrics.peer_addrs_dropped("scope", len(addrs) - len(kept))
+        return kept
+
+    def remote_addr(self, peer: PeerId) -> Multiaddr | None:
+        """Where our connection to `peer` really comes from (not what it claims)."""
+        conn = self.connections.get(peer)
+        return None if conn is None else conn.remote_addr
+
+    def note_observed_addr(self, conn: MuxedConnection, observed: Multiaddr) -> None:
+        """`conn`'s peer says it sees us at `observed`."""
+        self.addresses.observed.record(
+            observed,
+            conn.remote_addr,
+            inbound=conn.direction is Direction.INBOUND,
+            listen_ports=self.addresses.listen_ports(),
+            now=self.clock.monotonic(),
+        )
 
     def peer_addrs(self, peer: PeerId) -> list[Multiaddr]:
         """Where `peer` can be dialed, as far as the peerstore knows now."""
@@ -233,27 +273,27 @@ class Host:
             pending = self._pending_dials.get(peer)
             if pending is None:
                 break
-            await pending.wait()
-            error = self._dial_errors.get(peer)
-            if error is not None and self.connections.get(peer) is None:
-                raise DialError(str(error)) from error
-        done = anyio.Event()
-        self._pending_dials[peer] = done
-        self._dial_errors.pop(peer, None)
+            await pending.done.wait()
+            if pending.error is not None and self.connections.get(peer) is None:
+                raise DialError(str(pending.error)) from pending.error
+        pending = self._pending_dials[peer] = _PendingDial()
         try:
             now = self.clock.monotonic()
             if addrs:
                 self.peerstore.add_addrs(peer, addrs, RECENTLY_CONNECTED_ADDR_TTL, now)
-            candidates = [*addrs, *self.peerstore.addrs(peer, now)]
-            candidates = [a for a in dict.fromkeys(candidates) if tcp_endpoint(a) is not None]
+            candidates = [
+                a
+                for a in dict.fromkeys([*addrs, *self.peerstore.addrs(peer, now)])
+                if tcp_endpoint(a) is not None and not self.addresses.is_own(a)
+            ]
             self._check_can_dial()
             return await self._establish(await self.dialer.dial_peer(peer, candidates))
         except BaseException as exc:
-            self._dial_errors[peer] = exc
+            pending.error = exc
             raise
         finally:
             del self._pending_dials[peer]
-            done.set()
+            pending.done.set()
 
     def _check_can_dial(self) -> None:
         if self._tg is None:
@@ -404,19 +444,3 @@ class Host:
     async def ping(self, peer: PeerId, count: int = 1) -> list[float]:
         stream = await self.new_stream(peer, [PING_PROTOCOL])
         return await ping_round_trips(stream, count)
-
-
-def _local_addresses(*, ipv6: bool) -> list[str]:
-    """Addresses to advertise for a wildcard listener: loopback plus this host's addresses."""
-    found = ["::1"] if ipv6 else ["127.0.0.1"]
-    family = socket.AF_INET6 if ipv6 else socket.AF_INET
-    try:
-        infos = socket.getaddrinfo(socket.gethostname(), None, family, socket.SOCK_STREAM)
-    except OSError:
-        infos = []
-    for info in infos:
-        address = str(info[4][0]).split("%")[0]
-        ip = ipaddress.ip_address(address)
-        if not ip.is_unspecified and not ip.is_link_local and address not in found:
-            found.append(address)
-    return found

@@ -23,6 +23,7 @@ from shardroute.addrs import multiaddr_from_bytes, multiaddr_to_bytes, sanitize_
 from shardroute.errors import InvalidKey, MessageTooLarge, RemoteProtocolError, ShardrouteError
 from shardroute.identity.keys import PublicKey
 from shardroute.identity.peer_id import PeerId
+from shardroute.net.addresses import scope_of
 from shardroute.net.muxer import MuxedConnection, MuxedStream
 from shardroute.protocol.identify import (
     IDENTIFY_PROTOCOL,
@@ -101,7 +102,12 @@ class IdentifyService:
         host = self.host
         return IdentifyInfo(
             public_key=host.identity.public_key.to_protobuf(),
-            listen_addrs=tuple(multiaddr_to_bytes(a) for a in host.advertised_addrs()),
+            listen_addrs=tuple(
+                multiaddr_to_bytes(a)
+                for a in host.addresses.advertised(
+                    host.clock.monotonic(), scope_of(conn.remote_addr)
+                )
+            ),
             observed_addr=multiaddr_to_bytes(conn.remote_addr),
             protocols=tuple(host.protocols()),
             agent_version=host.agent_version,
@@ -154,7 +160,13 @@ class IdentifyService:
             host.peerstore.set_public_key(peer, key)
         now = host.clock.monotonic()
         if "listen_addrs" in info.present:
-            addrs = sanitize_peer_addrs(peer, info.listen_addrs)
+            addrs = host.acceptable_from(peer, sanitize_peer_addrs(peer, info.listen_addrs))
+            if len(addrs) > limits.KAD_MAX_ADDRS_PER_PEER:
+                if host.metrics is not None:
+                    host.metrics.peer_addrs_dropped(
+                        "cap", len(addrs) - limits.KAD_MAX_ADDRS_PER_PEER
+                    )
+                addrs = addrs[: limits.KAD_MAX_ADDRS_PER_PEER]
             host.peerstore.add_addrs(peer, addrs, host.connected_addr_ttl, now)
         if "protocols" in info.present:
             host.peerstore.set_protocols(peer, info.protocols)
@@ -162,7 +174,7 @@ class IdentifyService:
             host.peerstore.set_agent(peer, info.agent_version, info.protocol_version)
         if info.observed_addr is not None:
             try:
-                host.note_observed_addr(multiaddr_from_bytes(info.observed_addr))
+                host.note_observed_addr(conn, multiaddr_from_bytes(info.observed_addr))
             except ValueError:
                 pass
 

@@ -153,6 +153,13 @@ class Metrics:
             "Provider records removed from the store after their TTL.",
             registry=r,
         )
+        self.peer_addrs_dropped_total = Counter(
+            "shardroute_peer_addrs_dropped_total",
+            "Addresses peers told us that were dropped, by reason: scope (one the peer could"
+            " not have reached itself, e.g. loopback from another host) or cap (too many).",
+            ["reason"],
+            registry=r,
+        )
         self.handshake_failures_total = Counter(
             "shardroute_handshake_failures_total",
             "Connection upgrades that failed, by reason.",
@@ -185,6 +192,9 @@ class MetricsAdapter:
 
     def peer_evicted(self, reason: str) -> None:
         self.m.evictions_total.labels(reason).inc()
+
+    def peer_addrs_dropped(self, reason: str, count: int) -> None:
+        self.m.peer_addrs_dropped_total.labels(reason).inc(count)
 
     def request_received(self, message_type: str, result: str) -> None:
         self.m.dht_requests_received_total.labels(message_type, result).inc()

@@ -4,8 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shardroute.addrs import ip_group
 from shardroute.identity.peer_id import PeerId
-from shardroute.kad.diversity import DiversityFilter, drop_overrepresented, ip_group
+from shardroute.kad.diversity import DiversityFilter, drop_overrepresented
 
 
 def _peer(n: int) -> PeerId:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import pytest
@@ -72,6 +72,15 @@ class World:
 
     def closest_infos(self, key: bytes, count: int, exclude: Collection[PeerId]) -> list[PeerInfo]:
         return [PeerInfo(p, ADDR) for p in self.table if p not in exclude][:count]
+
+    # every address is usable by every peer here, except `hidden` ones (scope tests)
+    hidden: frozenset[Multiaddr] = frozenset()
+
+    def visible_to(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
+        return tuple(a for a in addrs if a not in self.hidden)
+
+    def accepted_from(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
+        return tuple(a for a in addrs if a not in self.hidden)
 
     async def ask(self, sender: PeerId, message: KadMessage) -> KadMessage:
         reply = await self.handler.handle(sender, message)

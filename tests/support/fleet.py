@@ -30,7 +30,7 @@ from shardroute.kad.repositories import Storage
 from tests.support.nodes import address
 from tests.support.settings import loopback
 
-SETTINGS = loopback(request_timeout=2.0, query_timeout=10.0)
+SETTINGS = loopback()
 
 
 @dataclass
