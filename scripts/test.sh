@@ -15,6 +15,12 @@ python -m pip install -q -e ".[test]"
 
 scripts/install-interop-peers.sh
 
+# The multi-host tests build network namespaces (iproute2) and a NAT router (nftables).
+if ! command -v nft >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2 >/dev/null
+fi
+
 echo "== generated protobuf modules are current"
 scripts/check_proto.sh
 echo "== ruff"

@@ -47,6 +47,11 @@ def test_precedence_flags_then_environment_then_file(tmp_path: Path) -> None:
         ("flag", {"protocol": "icn/kad"}, "protocol"),
         ("flag", {"k": 0}, "k"),
         ("flag", {"request_timeout": 60}, "request_timeout"),
+        ("file", "announce = ['not a multiaddr']", "announce"),
+        ("env", {"SHARDROUTE_APPEND_ANNOUNCE": "/ip4/1.2.3.4/tcp/x"}, "append_announce"),
+        ("env", {"SHARDROUTE_NO_ANNOUNCE": "10.0.0.0/8,172.17.0.0/33"}, "no_announce"),
+        ("file", "no_announce = ['docker']", "no_announce"),
+        ("env", {"SHARDROUTE_SHARE_PRIVATE_ADDRS": "maybe"}, "share_private_addrs"),
     ],
 )
 def test_a_wrong_value_names_the_setting_and_its_source(
@@ -62,6 +67,16 @@ def test_a_wrong_value_names_the_setting_and_its_source(
         else:
             load_settings(overrides=value)  # type: ignore[arg-type]
     assert names in str(info.value)
+
+
+def test_announce_settings_take_lists_from_the_environment() -> None:
+    env = {
+        "SHARDROUTE_APPEND_ANNOUNCE": "/ip4/203.0.113.1/tcp/4001, /dns4/node.example/tcp/4001",
+        "SHARDROUTE_NO_ANNOUNCE": "172.17.0.0/16",
+    }
+    settings = load_settings(env=env)
+    assert settings.append_announce == ("/ip4/203.0.113.1/tcp/4001", "/dns4/node.example/tcp/4001")
+    assert settings.no_announce == ("172.17.0.0/16",)
 
 
 def test_settings_are_frozen() -> None:

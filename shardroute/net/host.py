@@ -190,14 +190,20 @@ class Host:
         return None if conn is None else conn.remote_addr
 
     def note_observed_addr(self, conn: MuxedConnection, observed: Multiaddr) -> None:
-        """`conn`'s peer says it sees us at `observed`."""
+        """`conn`'s peer says it sees us at `observed`; connected peers hear (identify push)
+        when that confirms an address of ours or lets one lapse."""
+        now = self.clock.monotonic()
+        before = self.addresses.observed.confirmed(now)
         self.addresses.observed.record(
             observed,
             conn.remote_addr,
             inbound=conn.direction is Direction.INBOUND,
             listen_ports=self.addresses.listen_ports(),
-            now=self.clock.monotonic(),
+            now=now,
         )
+        if self.addresses.observed.confirmed(now) != before:
+            log.info("addresses others see us at: %s", self.addresses.observed.confirmed(now))
+            self.identify.schedule_push()
 
     def peer_addrs(self, peer: PeerId) -> list[Multiaddr]:
         """Where `peer` can be dialed, as far as the peerstore knows now."""

@@ -17,7 +17,7 @@ from tests.interop.thirdparty import start_peer
 
 pytestmark = pytest.mark.anyio
 
-KINDS = ["go", "js", "py"]
+KINDS = ["rust", "go", "go-v0.20", "js", "py"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -52,16 +52,16 @@ async def test_peer_dials_shardroute(kind: str) -> None:
         # peer learned our listen address from our identify answer
         info = await peer.command("peer_info", peer_id=str(host.peer_id))
         assert str(host.listen_addrs[0]) in info["addrs"]
-        if kind == "go":
+        if kind == "go-v0.20":
             # The libp2p-go bindings expose no protocol or agent query on the peerstore; go's
             # use of our identify protocol list is shown by the DHT interop tests instead.
             assert "protocols" not in info
         else:
             assert {IDENTIFY_PROTOCOL, PING_PROTOCOL} <= set(info["protocols"])
-            if kind == "js":
-                assert info["agent"].startswith("shardroute/")
-            else:  # py-libp2p 0.8.1 reads identify's agentVersion but does not keep it
+            if kind == "py":  # py-libp2p 0.8.1 reads identify's agentVersion but does not keep it
                 assert info["agent"] is None
+            else:
+                assert info["agent"].startswith("shardroute/")
         assert "/icn/kad/1.0.0" in host.peerstore.protocols(peer_id)
         assert host.connection(peer_id) is not None and host.connection_count == 1
 

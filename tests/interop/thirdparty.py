@@ -20,15 +20,24 @@ from anyio.abc import Process
 ROOT = Path(__file__).resolve().parents[2]
 INTEROP = ROOT / ".interop"
 PEERS = Path(__file__).resolve().parent / "peers"
-Kind = Literal["go", "js", "py"]
+CACHE = Path(
+    os.environ.get("SHARDROUTE_INTEROP_CACHE", Path.home() / ".cache" / "shardroute-interop")
+)
+# go: go-libp2p-kad-dht v0.42 built from peers/go; go-v0.20: the PyPI libp2p-go wheel (2023).
+Kind = Literal["rust", "go", "go-v0.20", "js", "py"]
+KINDS: tuple[Kind, ...] = ("rust", "go", "go-v0.20", "js", "py")
 
 
 class PeerCommandError(RuntimeError):
     pass
 
 
-def _command_line(kind: Kind) -> list[str]:
+def command_line(kind: Kind) -> list[str]:
+    if kind == "rust":
+        return [str(CACHE / "bin" / "rust-peer")]
     if kind == "go":
+        return [str(CACHE / "bin" / "go-peer")]
+    if kind == "go-v0.20":
         return [str(INTEROP / "go-venv" / "bin" / "python"), str(PEERS / "go_peer.py")]
     if kind == "py":
         return [str(INTEROP / "py-venv" / "bin" / "python"), str(PEERS / "py_peer.py")]
@@ -37,7 +46,9 @@ def _command_line(kind: Kind) -> list[str]:
 
 def require(kind: Kind) -> None:
     probe = {
-        "go": INTEROP / "go-venv" / "bin" / "python",
+        "rust": CACHE / "bin" / "rust-peer",
+        "go": CACHE / "bin" / "go-peer",
+        "go-v0.20": INTEROP / "go-venv" / "bin" / "python",
         "py": INTEROP / "py-venv" / "bin" / "python",
         "js": PEERS / "js" / "node_modules" / "libp2p",
     }[kind]
@@ -53,6 +64,9 @@ class ThirdPartyPeer:
     kind: Kind
     protocol: str = "/icn/kad/1.0.0"
     mode: str = "server"
+    listen: str = "/ip4/127.0.0.1/tcp/0"
+    # What the command runs under, e.g. `ip netns exec HOST` to run it on a testbed host.
+    wrapper: tuple[str, ...] = ()
     peer_id: str = ""
     addrs: list[str] = field(default_factory=list)
     ready: dict[str, Any] = field(default_factory=dict)
@@ -64,9 +78,10 @@ class ThirdPartyPeer:
     async def __aenter__(self) -> ThirdPartyPeer:
         require(self.kind)
         cmd = [
-            *_command_line(self.kind),
+            *self.wrapper,
+            *command_line(self.kind),
             "--listen",
-            "/ip4/127.0.0.1/tcp/0",
+            self.listen,
             "--protocol",
             self.protocol,
             "--mode",
@@ -128,6 +143,11 @@ class ThirdPartyPeer:
 
 
 def start_peer(
-    kind: Kind, *, protocol: str = "/icn/kad/1.0.0", mode: str = "server"
+    kind: Kind,
+    *,
+    protocol: str = "/icn/kad/1.0.0",
+    mode: str = "server",
+    listen: str = "/ip4/127.0.0.1/tcp/0",
+    wrapper: tuple[str, ...] = (),
 ) -> ThirdPartyPeer:
-    return ThirdPartyPeer(kind=kind, protocol=protocol, mode=mode)
+    return ThirdPartyPeer(kind=kind, protocol=protocol, mode=mode, listen=listen, wrapper=wrapper)

@@ -7,12 +7,14 @@ import os
 
 import anyio
 import pytest
+from multiaddr import Multiaddr
 
 from shardroute.addrs import parse_multiaddr, with_p2p
 from shardroute.errors import DialError, DialPeerMismatch, StreamReset
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
 from shardroute.limits import YAMUX_INITIAL_WINDOW
+from shardroute.net.addresses import AnnouncePolicy
 from shardroute.net.host import Host, HostLimits
 from shardroute.net.muxer import MuxedStream
 from shardroute.protocol.identify import IDENTIFY_PROTOCOL
@@ -313,3 +315,20 @@ async def test_stream_cap_per_connection() -> None:
                 await extra.receive()
             gate.set()
             assert len(opened) == 4 and a.connection(b.peer_id) is not None
+
+
+async def test_a_peer_claiming_hundreds_of_addresses_is_kept_to_ten_and_counted() -> None:
+    class Dropped:
+        counts: dict[str, int] = {}
+
+        def peer_addrs_dropped(self, reason: str, count: int) -> None:
+            self.counts[reason] = self.counts.get(reason, 0) + count
+
+    dropped = Dropped()
+    async with new_host(metrics=dropped) as a, new_host() as liar:
+        claims = tuple(Multiaddr(f"/ip4/127.0.{i // 250}.{i % 250}/tcp/4001") for i in range(600))
+        liar.addresses.policy = AnnouncePolicy(announce=claims)
+        await a.dial(parse_multiaddr(full_addr(liar)))
+        await a.wait_identified(liar.peer_id)
+        assert len(a.peer_addrs(liar.peer_id)) <= 10 + 1  # ten claims and the dialed address
+        assert dropped.counts == {"cap": 590}

@@ -79,6 +79,11 @@ async function handle (req) {
         agent: peer.metadata.get('AgentVersion') ? new TextDecoder().decode(peer.metadata.get('AgentVersion')) : null
       }
     }
+    case 'routing_table': {
+      const table = node.services.dht.routingTable
+      const peers = table.kb == null ? [] : [...table.kb.toIterable()].map((c) => c.peerId.toString())
+      return { size: table.size, peers }
+    }
     case 'bootstrap':
       await node.services.dht.refreshRoutingTable(opts)
       return {}
