@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, aclosing
 from pathlib import Path
 
 import anyio
@@ -31,6 +31,8 @@ from shardroute.api.service import ShardRouteService
 from shardroute.clock import Clock, SystemClock
 from shardroute.config import Settings
 from shardroute.content import ContentId
+from shardroute.datadir import DataDirLock
+from shardroute.errors import StartupError
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.keystore import load_or_create_identity
 from shardroute.identity.peer_id import PeerId
@@ -50,6 +52,7 @@ from shardroute.maintenance.state import count_records, save_routing_table
 from shardroute.net.addresses import AnnouncePolicy, LocalAddresses, parse_cidr
 from shardroute.net.host import Host, HostLimits
 from shardroute.net.muxer import Direction
+from shardroute.net.transport import bind_failure
 from shardroute.node import Node
 from shardroute.obs.metrics import Metrics, MetricsAdapter
 from shardroute.store.database import SqliteStore
@@ -166,6 +169,17 @@ class App(Service):
     async def _enter(self, stack: AsyncExitStack) -> None:
         settings = self.settings
         storage = self._storage
+        # What can refuse to start (a locked folder, a port in use) goes first: a node that
+        # cannot start must not have begun anything.
+        if storage is None or self._identity is None:
+            stack.enter_context(DataDirLock(Path(settings.data_dir)))
+        if settings.grpc_listen:
+            self.api = ApiServer(
+                ShardRouteService(self, self.metrics, batch_limit=settings.announce_batch_limit),
+                settings.grpc_listen,
+            )
+        if settings.metrics:
+            self.metrics_port = self._serve_metrics(stack, settings.metrics)
         if storage is None:
             store = await SqliteStore.open(
                 Path(settings.data_dir), max_providers_per_key=settings.max_providers_per_key
@@ -191,20 +205,9 @@ class App(Service):
             MetricsAdapter(self.metrics),
         )
         tg.start_soon(self.publisher.run)
-        if settings.grpc:
-            service = ShardRouteService(
-                self, self.metrics, batch_limit=settings.announce_batch_limit
-            )
-            self.api = ApiServer(service, settings.grpc)
-            await self.api.start()
+        if self.api is not None:
+            await self.api.start(serving=not settings.bootstrap)
             stack.push_async_callback(_shielded, self.api.stop, 5.0)
-        if settings.metrics:
-            host, _, port = settings.metrics.rpartition(":")
-            http, _ = prometheus_client.start_http_server(
-                int(port), host, registry=self.metrics.registry
-            )
-            self.metrics_port = http.server_port
-            stack.callback(http.shutdown)
         log.info(
             "node %s running in %s mode under %s%s%s",
             self.peer_id,
@@ -214,12 +217,27 @@ class App(Service):
             f"; metrics on port {self.metrics_port}" if self.metrics_port is not None else "",
         )
 
+    def _serve_metrics(self, stack: AsyncExitStack, address: str) -> int:
+        host, _, port = address.rpartition(":")
+        try:
+            http, _ = prometheus_client.start_http_server(
+                int(port), host, registry=self.metrics.registry
+            )
+        except OSError as exc:
+            raise StartupError(
+                f"metrics {address}: cannot listen: {bind_failure(exc, int(port))}"
+            ) from None
+        stack.callback(http.shutdown)
+        return int(http.server_port)
+
     async def _maintain(self, saved: Sequence[SavedPeer]) -> None:
         """Join, then refresh the table and sweep expired records, until cancelled."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.expiry.run)
             await self.bootstrapper.join(saved)
             self.joined.set()
+            if self.api is not None and len(self.dht.routing_table):
+                await self.api.set_serving(True)
             tg.start_soon(self.refresher.run)
 
     async def _save_table(self) -> None:
@@ -245,16 +263,41 @@ class App(Service):
         return len(self.dht.routing_table)
 
     async def announce(self, cids: Sequence[ContentId]) -> int:
-        return await self.publisher.announce(cids)
+        count, _ = await self.publisher.announce(cids)
+        return count
 
-    async def publish_now(self, cids: Sequence[ContentId]) -> int:
-        return await self.publisher.publish_now(cids)
+    async def announce_and_wait(self, cids: Sequence[ContentId]) -> tuple[int, int]:
+        count, waiting = await self.publisher.announce(cids, wait=True)
+        assert waiting is not None
+        try:
+            return count, await waiting.stored_on()
+        finally:
+            self.publisher.forget(waiting)
 
     async def withdraw(self, cids: Sequence[ContentId]) -> int:
         return await self.publisher.withdraw(cids)
 
-    def find_providers(self, key: bytes, count: int) -> AsyncGenerator[PeerInfo, None]:
-        return self.dht.find_providers(key, count)
+    def find_providers(
+        self,
+        key: bytes,
+        count: int,
+        *,
+        on_report: Callable[[LookupReport], None] | None = None,
+    ) -> AsyncGenerator[PeerInfo, None]:
+        return self._find_providers(key, count, on_report)
+
+    async def _find_providers(
+        self, key: bytes, count: int, on_report: Callable[[LookupReport], None] | None
+    ) -> AsyncGenerator[PeerInfo, None]:
+        # Peers keep a withdrawn shard's record of us until its TTL (there is no
+        # un-provide message); this node knows better and never names itself for it.
+        async with aclosing(self.dht.find_providers(key, count, on_report=on_report)) as found:
+            async for info in found:
+                if info.peer_id == self.peer_id and not await self.storage.announcements.contains(
+                    key
+                ):
+                    continue
+                yield info
 
     async def closest_peers(self, key: bytes) -> LookupReport:
         return await self.dht.get_closest_peers(key)

@@ -55,7 +55,7 @@ class Settings:
     value_quorum: int = 0
     diversity_filter: bool = True
     diversity_exempt_private: bool = True
-    grpc: str = "127.0.0.1:7070"
+    grpc_listen: str = "127.0.0.1:7070"
     metrics: str = "127.0.0.1:9464"
     log_level: str = "info"
     log_format: LogFormat = "text"
@@ -110,17 +110,37 @@ def _as_list(name: str, value: Any, source: str) -> tuple[str, ...]:
     if isinstance(value, str):
         items = [v.strip() for v in value.split(",") if v.strip()]
     elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        items = list(value)
+        items = [v.strip() for v in value]
     else:
         raise ConfigError(f"{name} ({source}): expected a list of multiaddrs, got {value!r}")
-    from shardroute.addrs import parse_multiaddr
+    from shardroute.addrs import parse_multiaddr, split_p2p, tcp_endpoint
 
     for item in items:
         try:
-            parse_multiaddr(item)
+            addr = parse_multiaddr(item)
+            transport, peer = split_p2p(addr)
         except ValueError as exc:
             raise ConfigError(f"{name} ({source}): {exc}") from None
+        if name == "listen" and tcp_endpoint(addr) is None:
+            raise ConfigError(f"{name} ({source}): {_unsupported(item)}")
+        if name == "bootstrap" and peer is None and not item.startswith("/dnsaddr/"):
+            raise ConfigError(
+                f"{name} ({source}): {item} names no peer: a bootstrap address ends in "
+                "/p2p/<peer ID> (as `shardroute serve` and `shardroute id` print it) or is a "
+                "/dnsaddr/ seed"
+            )
+        dialable = tcp_endpoint(transport) is not None or item.startswith("/dnsaddr/")
+        if name == "bootstrap" and not dialable:
+            raise ConfigError(f"{name} ({source}): {_unsupported(item)}")
     return tuple(items)
+
+
+def _unsupported(item: str) -> str:
+    """Why `item` cannot be listened on or dialed: shardroute speaks TCP only."""
+    for name, what in (("quic", "QUIC"), ("udp", "UDP"), ("ws", "WebSocket"), ("webrtc", "WebRTC")):
+        if f"/{name}" in item:
+            return f"{item}: {what} is not supported; shardroute speaks TCP (/ip4/.../tcp/4001)"
+    return f"{item}: not a TCP address (/ip4/<ip>/tcp/<port> or /ip6/<ip>/tcp/<port>)"
 
 
 def _as_cidrs(name: str, value: Any, source: str) -> tuple[str, ...]:
@@ -148,7 +168,7 @@ def _host_port(name: str, value: Any, source: str) -> str:
         return value
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{name} ({source}): {value!r} is not HOST:PORT")
+        raise ConfigError(f"{name} ({source}): {value!r} is not HOST:PORT (e.g. 127.0.0.1:7070)")
     return value
 
 
@@ -177,7 +197,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{name} ({source}): expected true or false, got {value!r}")
         return value
-    if name in ("grpc", "metrics"):
+    if name in ("grpc_listen", "metrics"):
         return _host_port(name, value, source)
     if not isinstance(value, str):
         raise ConfigError(f"{name} ({source}): expected text, got {value!r}")
@@ -214,7 +234,7 @@ def load_settings(
                 raise ConfigError(f"{key} (file {config_file}): unknown setting")
             values[key] = _convert(key, value, f"file {config_file}")
     for key, value in (env or {}).items():
-        if not key.startswith("SHARDROUTE_") or key == "SHARDROUTE_GRPC_CLIENT":
+        if not key.startswith("SHARDROUTE_"):
             continue
         name = key[len("SHARDROUTE_") :].lower()
         if name in names:

@@ -63,6 +63,14 @@ class ConnectionClosed(ShardrouteError):
     """The connection is gone; streams on it can no longer be used."""
 
 
+class StartupError(ShardrouteError):
+    """The node cannot start as configured (a port in use, a locked data folder); nothing ran."""
+
+
+class ListenError(StartupError):
+    """A listener could not bind its address."""
+
+
 class DialError(ShardrouteError):
     """A dial to a peer failed: no usable address, refused, timed out or handshake failed."""
 

@@ -22,7 +22,7 @@ def test_the_documented_file_is_exactly_the_defaults_and_names_every_setting() -
     assert Settings().protocol == "/icn/kad/1.0.0" and Settings().k == 20
     assert Settings().query_timeout == 10 and Settings().refresh_interval == 300
     assert Settings().republish_interval == Settings().provider_ttl == 12 * 3600
-    assert Settings().grpc.startswith("127.0.0.1:")
+    assert Settings().grpc_listen.startswith("127.0.0.1:")
 
 
 def test_precedence_flags_then_environment_then_file(tmp_path: Path) -> None:
@@ -43,7 +43,7 @@ def test_precedence_flags_then_environment_then_file(tmp_path: Path) -> None:
         ("file", 'refresh_interval = "-5m"', "refresh_interval"),
         ("file", "listen = ['/ip4/999.1.1.1/tcp/1']", "listen"),
         ("env", {"SHARDROUTE_MODE": "relay"}, "mode"),
-        ("env", {"SHARDROUTE_GRPC": "localhost"}, "grpc"),
+        ("env", {"SHARDROUTE_GRPC_LISTEN": "localhost"}, "grpc_listen"),
         ("flag", {"protocol": "icn/kad"}, "protocol"),
         ("flag", {"k": 0}, "k"),
         ("flag", {"request_timeout": 60}, "request_timeout"),

@@ -3,7 +3,7 @@ node reports about itself. `app.App` implements it; the servicer knows nothing e
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,15 +45,25 @@ class NodeBackend(Protocol):
         """Peers in the routing table."""
         ...
 
-    async def announce(self, cids: Sequence[ContentId]) -> int: ...
+    async def announce(self, cids: Sequence[ContentId]) -> int:
+        """Record the shards durably (each once); they are published in the background."""
+        ...
 
-    async def publish_now(self, cids: Sequence[ContentId]) -> int:
-        """Publish these shards now; the fewest peers that took one."""
+    async def announce_and_wait(self, cids: Sequence[ContentId]) -> tuple[int, int]:
+        """`announce`, then wait for that publication: (shards, fewest peers that took one)."""
         ...
 
     async def withdraw(self, cids: Sequence[ContentId]) -> int: ...
 
-    def find_providers(self, key: bytes, count: int) -> AsyncGenerator[PeerInfo, None]: ...
+    def find_providers(
+        self,
+        key: bytes,
+        count: int,
+        *,
+        on_report: Callable[[LookupReport], None] | None = None,
+    ) -> AsyncGenerator[PeerInfo, None]:
+        """Providers as they arrive; `on_report` gets the lookup's report, if one ran."""
+        ...
 
     async def closest_peers(self, key: bytes) -> LookupReport: ...
 

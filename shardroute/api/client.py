@@ -170,8 +170,10 @@ class AsyncClient:
         )
         return int(reply.stored_on)
 
-    async def get_value(self, key: bytes) -> bytes | None:
-        reply = await self._stub.GetValue(pb.GetValueRequest(key=key), timeout=self.timeout)
+    async def get_value(self, key: bytes, *, quorum: int | None = None) -> bytes | None:
+        """The best value found; `quorum` answers to wait for (None: the node's setting)."""
+        request = pb.GetValueRequest(key=key, quorum=quorum or 0)
+        reply = await self._stub.GetValue(request, timeout=self.timeout)
         return reply.value if reply.found else None
 
     async def node_info(self) -> NodeInfo:
@@ -277,6 +279,23 @@ class Client:
                 pb.GetClosestPeersRequest(key=key), timeout=self.timeout
             ).peers
         ]
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Whether the node's gRPC port answers within `timeout` seconds."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
+
+    def put_value(self, key: bytes, value: bytes) -> int:
+        reply = self._stub.PutValue(pb.PutValueRequest(key=key, value=value), timeout=self.timeout)
+        return int(reply.stored_on)
+
+    def get_value(self, key: bytes, *, quorum: int | None = None) -> bytes | None:
+        request = pb.GetValueRequest(key=key, quorum=quorum or 0)
+        reply = self._stub.GetValue(request, timeout=self.timeout)
+        return reply.value if reply.found else None
 
     def node_info(self) -> NodeInfo:
         return _info(self._stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=self.timeout))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from shardroute.content import ContentId
 from shardroute.errors import DialError, InvalidRecord, ShardrouteError, StoreError
 from shardroute.kad.config import Mode
 from shardroute.kad.messages import PeerInfo
+from shardroute.kad.reports import LookupReport
 from shardroute.obs.metrics import Metrics
 from shardroute.pb.api.v1 import shardroute_pb2 as pb
 from shardroute.pb.api.v1 import shardroute_pb2_grpc as pb_grpc
@@ -27,6 +29,8 @@ DEFAULT_FIND_COUNT = 20
 MAX_FIND_COUNT = 1000
 MAX_LOCATE_SHARDS = 1024
 MAX_VALUE_BYTES = 10 * 1024
+# What a lookup that ran out of time with nothing found answers (the acceptance text's words).
+QUERY_TIMEOUT = "DHT query timeout"
 T = TypeVar("T")
 
 
@@ -42,33 +46,45 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
         context: grpc.aio.ServicerContext[Any, Any],
         call: Callable[[], Awaitable[T]],
     ) -> T:
+        started = time.perf_counter()
         try:
             result = await call()
         except BadRequest as exc:
-            await self._abort(method, context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except TimeoutError:
+            await self._abort(method, started, context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TimeoutError as exc:
             await self._abort(
-                method, context, grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed first"
+                method,
+                started,
+                context,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                str(exc) or "the deadline passed first",
             )
         except InvalidRecord as exc:
             await self._abort(
-                method, context, grpc.StatusCode.INVALID_ARGUMENT, f"record refused: {exc}"
+                method, started, context, grpc.StatusCode.INVALID_ARGUMENT, f"record refused: {exc}"
             )
         except DialError as exc:
-            await self._abort(method, context, grpc.StatusCode.UNAVAILABLE, str(exc))
+            await self._abort(method, started, context, grpc.StatusCode.UNAVAILABLE, str(exc))
         except ShardrouteError as exc:
-            await self._abort(method, context, grpc.StatusCode.UNAVAILABLE, str(exc))
-        self.metrics.grpc_requests_total.labels(method, "OK").inc()
+            await self._abort(method, started, context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        self._done(method, grpc.StatusCode.OK, started)
         return result
+
+    def _done(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self.metrics.grpc_requests_total.labels(method, code.name).inc()
+        self.metrics.grpc_request_duration_seconds.labels(method).observe(
+            time.perf_counter() - started
+        )
 
     async def _abort(
         self,
         method: str,
+        started: float,
         context: grpc.aio.ServicerContext[Any, Any],
         code: grpc.StatusCode,
         message: str,
     ) -> None:
-        self.metrics.grpc_requests_total.labels(method, code.name).inc()
+        self._done(method, code, started)
         await context.abort(code, message)
 
     def _deadline(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
@@ -85,15 +101,15 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
     ) -> pb.AnnounceResponse:
         async def run() -> pb.AnnounceResponse:
             cids = shards_to_cids(request.shards, "shards", self.batch_limit)
-            if request.wait:
-                self._need_peers()
-            await self.node.announce(cids)
             stored_on = 0
             if request.wait:
+                self._need_peers()
                 with anyio.fail_after(self._deadline(context)):
-                    stored_on = await self.node.publish_now(cids)
+                    announced, stored_on = await self.node.announce_and_wait(cids)
+            else:
+                announced = await self.node.announce(cids)
             return pb.AnnounceResponse(
-                announced=len(cids), stored_on=stored_on, cids=[str(c.to_v1()) for c in cids]
+                announced=announced, stored_on=stored_on, cids=[str(c.to_v1()) for c in cids]
             )
 
         return await self._guard("Announce", context, run)
@@ -118,43 +134,50 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
     async def FindProviders(
         self, request: pb.FindProvidersRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.Provider]:
+        started = time.perf_counter()
         try:
             cid = shard_to_cid(request.shard, "shard")
             count = self._count(request.count, "count")
         except BadRequest as exc:
-            await self._abort("FindProviders", context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await self._abort(
+                "FindProviders", started, context, grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            )
             return
         sent = 0
+        reports: list[LookupReport] = []
         try:
             with anyio.move_on_after(self._deadline(context)) as scope:
-                async with aclosing(self.node.find_providers(cid.dht_key, count)) as found:
+                found = self.node.find_providers(cid.dht_key, count, on_report=reports.append)
+                async with aclosing(found):
                     async for info in found:
                         sent += 1
                         yield provider(info)
         except StoreError as exc:
-            await self._abort("FindProviders", context, grpc.StatusCode.UNAVAILABLE, str(exc))
-            return
-        if sent == 0 and not self.node.peer_count():
             await self._abort(
-                "FindProviders",
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                "no local record and no peers to ask",
+                "FindProviders", started, context, grpc.StatusCode.UNAVAILABLE, str(exc)
             )
             return
-        if scope.cancelled_caught and sent == 0:
-            await self._abort(
-                "FindProviders",
-                context,
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "no provider found before the deadline",
-            )
-            return
-        self.metrics.grpc_requests_total.labels("FindProviders", "OK").inc()
+        if sent == 0:
+            if not self.node.peer_count():
+                code, why = grpc.StatusCode.UNAVAILABLE, "no local record and no peers to ask"
+            elif scope.cancelled_caught:
+                code, why = (
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "no provider found before the deadline",
+                )
+            elif any(r.timed_out for r in reports):
+                code, why = grpc.StatusCode.DEADLINE_EXCEEDED, QUERY_TIMEOUT
+            else:  # the lookup ended normally: nobody provides it
+                code, why = grpc.StatusCode.OK, ""
+            if code is not grpc.StatusCode.OK:
+                await self._abort("FindProviders", started, context, code, why)
+                return
+        self._done("FindProviders", grpc.StatusCode.OK, started)
 
     async def Locate(
         self, request: pb.LocateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ShardProvider]:
+        started = time.perf_counter()
         try:
             cids = shards_to_cids(request.shards, "shards", MAX_LOCATE_SHARDS)
             if not 1 <= request.need <= len(cids):
@@ -165,7 +188,9 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
             if per_shard > 100:
                 raise BadRequest(f"providers_per_shard: {per_shard} exceeds 100")
         except BadRequest as exc:
-            await self._abort("Locate", context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await self._abort(
+                "Locate", started, context, grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            )
             return
         send, receive = anyio.create_memory_object_stream[tuple[int, ContentId, PeerInfo]](64)
         covered: set[int] = set()
@@ -183,7 +208,7 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
                 for i, cid in enumerate(cids):
                     tg.start_soon(search, i, cid)
 
-        with anyio.move_on_after(self._deadline(context)):
+        with anyio.move_on_after(self._deadline(context)) as scope:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(run_all)
                 async with receive:
@@ -196,16 +221,19 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
                             break
                 tg.cancel_scope.cancel()
         if len(covered) < request.need:
-            await self._abort(
-                "Locate",
-                context,
-                grpc.StatusCode.DEADLINE_EXCEEDED
-                if self.node.peer_count()
-                else grpc.StatusCode.UNAVAILABLE,
-                f"only {len(covered)} of the {request.need} needed shards have a provider",
-            )
+            short = f"only {len(covered)} of the {request.need} needed shards have a provider"
+            if scope.cancelled_caught:
+                await self._abort(
+                    "Locate",
+                    started,
+                    context,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"{short} by the deadline",
+                )
+            else:
+                await self._abort("Locate", started, context, grpc.StatusCode.NOT_FOUND, short)
             return
-        self.metrics.grpc_requests_total.labels("Locate", "OK").inc()
+        self._done("Locate", grpc.StatusCode.OK, started)
 
     # ------------------------------------------------------------------ peers and values
     async def GetClosestPeers(
@@ -216,6 +244,8 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
             self._need_peers()
             with anyio.fail_after(self._deadline(context)):
                 report = await self.node.closest_peers(key)
+            if report.timed_out and not report.peers:
+                raise TimeoutError(QUERY_TIMEOUT)
             return pb.GetClosestPeersResponse(
                 peers=[provider(p) for p in report.peers],
                 requests=report.requests,
@@ -243,7 +273,10 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
             if not request.key:
                 raise BadRequest("key: empty")
             with anyio.fail_after(self._deadline(context)):
-                value = (await self.node.search_value(request.key)).value
+                report = await self.node.search_value(request.key, quorum=request.quorum or None)
+            if report.timed_out and report.value is None:
+                raise TimeoutError(QUERY_TIMEOUT)
+            value = report.value
             return pb.GetValueResponse(found=value is not None, value=value or b"")
 
         return await self._guard("GetValue", context, run)

@@ -1,267 +1,407 @@
-"""The CLI commands that talk to a running node over gRPC (`--grpc`, SHARDROUTE_GRPC)."""
+"""The CLI commands that talk to a running node over gRPC (`--grpc`, SHARDROUTE_GRPC).
+
+Every shard, key and address is checked here before anything is sent, so bad input ends with
+exit 2 and the same message whichever command got it. What comes back is printed for people
+by default and as JSON with `--json` (errors too, on stderr).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
 
 from shardroute.api.client import DEFAULT_ADDRESS, Client, ShardLike
+from shardroute.cli import output
+from shardroute.cli.outcome import EXIT_TABLE, CliError, Exit, from_rpc, unreachable
 from shardroute.content import ContentId
-from shardroute.errors import InvalidCid
+from shardroute.errors import InvalidCid, InvalidPeerId
+from shardroute.identity.peer_id import PeerId
 
 ANNOUNCE_BATCH = 1000
+# How long a command waits for the node's gRPC port before it calls the node unreachable.
+CONNECT_TIMEOUT = 3.0
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d{1,5})$")
+
+
+def grpc_target(text: str) -> str:
+    """--grpc: HOST:PORT (an IPv6 host in brackets)."""
+    match = _HOST_PORT.match(text.strip())
+    if match is None or not 0 < int(match.group(2)) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:7070); give the port too"
+        )
+    return text.strip()
 
 
 def add_client_commands(sub: Any) -> None:
+    target = os.environ.get("SHARDROUTE_GRPC", DEFAULT_ADDRESS)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--grpc",
+        metavar="HOST:PORT",
+        type=grpc_target,
+        default=target,
+        help=f"the node's gRPC address ($SHARDROUTE_GRPC, else {DEFAULT_ADDRESS}; now {target})",
+    )
+    common.add_argument("--json", action="store_true", help="print JSON (errors too, on stderr)")
+
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(
-            name, help=help_text, description=help_text
+            name, help=help_text, description=help_text, parents=[common], epilog=EXIT_TABLE
         )
-        parser.add_argument(
-            "--grpc",
-            metavar="HOST:PORT",
-            default=os.environ.get("SHARDROUTE_GRPC", DEFAULT_ADDRESS),
-            help=f"the node's gRPC address (default $SHARDROUTE_GRPC or {DEFAULT_ADDRESS})",
-        )
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
         return parser
 
     announce = command("announce", "Announce shards this storage node holds.")
-    announce.add_argument("shards", nargs="*", metavar="CID_OR_HASH")
-    announce.add_argument("--file", type=Path, metavar="F", help="CIDs or hashes, one a line")
-    announce.add_argument("--wait", action="store_true", help="wait until stored on the network")
-    withdraw = command("withdraw", "Stop announcing shards.")
+    announce.add_argument("shards", nargs="*", metavar="CID_OR_HASH", help="CIDs or SHA-256 hex")
+    announce.add_argument(
+        "--file", metavar="F", help="CIDs or hashes, one a line; - (or a pipe) for standard input"
+    )
+    announce.add_argument(
+        "--wait",
+        action="store_true",
+        help="return once the network stored them (default: once durable)",
+    )
+    withdraw = command("withdraw", "Stop announcing shards (the node's own record goes at once).")
     withdraw.add_argument("shards", nargs="+", metavar="CID_OR_HASH")
     find = command("find", "Find providers of a shard, printed as they arrive.")
-    find.add_argument("shard", metavar="CID")
-    find.add_argument("--count", type=int, default=20, metavar="N")
-    find.add_argument("--timeout", type=float, default=10.0, metavar="S")
+    find.add_argument("shard", metavar="CID_OR_HASH")
+    find.add_argument(
+        "--count", type=int, default=20, metavar="N", help="providers wanted (default 20)"
+    )
+    find.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="deadline (default 10 s)"
+    )
     locate = command("locate", "Find enough providers to rebuild an erasure-coded object.")
-    locate.add_argument("shards", nargs="+", metavar="CID")
-    locate.add_argument("--need", type=int, required=True, metavar="K")
-    locate.add_argument("--timeout", type=float, default=10.0, metavar="S")
+    locate.add_argument("shards", nargs="+", metavar="CID_OR_HASH")
+    locate.add_argument("--need", type=int, required=True, metavar="K", help="shards needed")
+    locate.add_argument(
+        "--per-shard", type=int, default=3, metavar="N", help="providers per shard (default 3)"
+    )
+    locate.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="deadline (default 10 s)"
+    )
     closest = command("closest", "The peers closest to a peer ID or CID.")
-    closest.add_argument("key", metavar="KEY")
+    closest.add_argument("key", metavar="PEER_ID_OR_CID")
     connect = command("connect", "Dial a peer now.")
-    connect.add_argument("multiaddr", metavar="MULTIADDR")
+    connect.add_argument("multiaddr", metavar="MULTIADDR", help="ending in /p2p/<peer ID>")
     mode = command("mode", "Switch the node's DHT mode now (until restart; --mode at start).")
     mode.add_argument("mode", choices=("server", "client"))
+    get = command("get", "Read a value record (e.g. /pk/<peer ID bytes>) from the DHT.")
+    get.add_argument("key", metavar="KEY", help="the record key, as text")
+    get.add_argument(
+        "--quorum", type=int, metavar="N", help="answers to wait for (default: the node's setting)"
+    )
+    put = command("put", "Store a value record in the DHT.")
+    put.add_argument("key", metavar="KEY", help="the record key, as text")
+    put.add_argument("value_file", metavar="FILE", help="the record's bytes; - for standard input")
     command("peers", "The node's routing table.")
     command("status", "The node's state.")
-    command("id", "The node's peer ID and addresses.")
+    command("id", "The node's peer ID and the addresses to reach it at.")
 
 
-def shard_arg(text: str) -> ShardLike:
+def shard_arg(text: str, where: str) -> ShardLike:
+    """A shard as the API takes it, checked: a CID in any form, or 64 hex digits."""
     text = text.strip()
-    return bytes.fromhex(text) if _HEX64.fullmatch(text) else text
-
-
-class BadShardList(ValueError):
-    """A shard given to announce is neither a CID nor a 64-hex-digit hash; nothing was sent."""
-
-
-def _check_shard(text: str, where: str) -> None:
     try:
         ContentId.parse_cid_or_hash(text)
     except InvalidCid as exc:
-        raise BadShardList(
-            f"{where}: {text.strip()[:80]!r} is neither a CID nor a 64-hex-digit SHA-256 ({exc})"
+        raise CliError(
+            Exit.USAGE,
+            f"{where}: {text[:80]!r} is neither a CID nor a 64-hex-digit SHA-256 ({exc})",
         ) from None
+    return bytes.fromhex(text) if _HEX64.fullmatch(text) else text
 
 
-def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
-    with path.open() as fh:
-        for number, line in enumerate(fh, 1):
+def shard_args(texts: list[str]) -> list[ShardLike]:
+    return [shard_arg(t, f"argument {i + 1}") for i, t in enumerate(texts)]
+
+
+def _open_input(name: str) -> IO[str]:
+    if name == "-":
+        return sys.stdin
+    try:
+        return Path(name).open()
+    except OSError as exc:
+        raise CliError(Exit.USAGE, f"{name}: {exc.strerror or exc}") from None
+
+
+def spool_checked(name: str, spool: IO[str]) -> int:
+    """Read the input once, check every line, write the shards to `spool`; how many. A bad
+    line a million lines in must not leave the first 999,999 announced and the rest not."""
+    count = 0
+    source = _open_input(name)
+    try:
+        for number, line in enumerate(source, 1):
             if line.strip():
-                yield number, line
+                shard_arg(line, f"{name}:{number}")
+                spool.write(line.strip() + "\n")
+                count += 1
+    except UnicodeDecodeError as exc:
+        raise CliError(Exit.USAGE, f"{name}: not text ({exc.reason})") from None
+    finally:
+        if source is not sys.stdin:
+            source.close()
+    spool.seek(0)
+    return count
 
 
-def _count_checked(args: argparse.Namespace) -> int:
-    """Every shard of the command line and of --file, checked before anything is sent: a bad
-    line a million lines in must not leave the first 999,000 announced and the rest not."""
-    for i, text in enumerate(args.shards):
-        _check_shard(text, f"argument {i + 1}")
-    total = len(args.shards)
-    if args.file is not None:
-        for number, line in _file_lines(args.file):
-            _check_shard(line, f"{args.file}:{number}")
-            total += 1
-    return total
-
-
-def _batches(args: argparse.Namespace) -> Iterator[list[ShardLike]]:
-    batch = [shard_arg(s) for s in args.shards]
-    if args.file is not None:
-        for _, line in _file_lines(args.file):
-            batch.append(shard_arg(line))
-            if len(batch) >= ANNOUNCE_BATCH:
-                yield batch
-                batch = []
+def _batches(first: list[ShardLike], spool: IO[str] | None) -> Iterator[list[ShardLike]]:
+    batch = list(first)
+    for line in spool or ():
+        text = line.strip()
+        batch.append(bytes.fromhex(text) if _HEX64.fullmatch(text) else text)
+        if len(batch) >= ANNOUNCE_BATCH:
+            yield batch
+            batch = []
     if batch:
         yield batch
 
 
 def run_client_command(args: argparse.Namespace) -> int:
-    try:
-        with Client(args.grpc, timeout=max(30.0, getattr(args, "timeout", 0.0))) as client:
+    deadline = max(30.0, getattr(args, "timeout", 0.0) + 5.0)
+    with Client(args.grpc, timeout=deadline) as client:
+        if not client.wait_ready(CONNECT_TIMEOUT):
+            raise unreachable(args.grpc)
+        try:
             return _run(client, args)
-    except grpc.RpcError as exc:
-        code = exc.code().name if hasattr(exc, "code") else "ERROR"
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        print(f"shardroute {args.command}: {code}: {details}", file=sys.stderr)
-        return 1
-
-
-def _emit(args: argparse.Namespace, data: Any, human: str) -> None:
-    print(json.dumps(data) if args.json else human, flush=True)
+        except grpc.RpcError as exc:
+            raise from_rpc(exc, args.grpc) from None
 
 
 def _run(client: Client, args: argparse.Namespace) -> int:
-    cmd = args.command
-    if cmd == "announce":
-        return _announce(client, args)
-    if cmd == "withdraw":
-        n = client.withdraw([shard_arg(s) for s in args.shards])
-        _emit(args, {"withdrawn": n}, f"withdrew {n} shards")
-        return 0
-    if cmd == "find":
-        found = 0
-        for p in client.iter_providers(
-            shard_arg(args.shard), count=args.count, timeout=args.timeout
-        ):
-            found += 1
-            _emit(
-                args,
-                {"peer_id": p.peer_id, "addrs": list(p.addrs)},
-                f"{p.peer_id} {' '.join(p.addrs)}",
-            )
-        return 0 if found else 1
-    if cmd == "locate":
-        items = client.locate(
-            [shard_arg(s) for s in args.shards], need=args.need, timeout=args.timeout
-        )
-        for item in items:
-            data = {
-                "cid": item.cid,
-                "index": item.index,
-                "peer_id": item.provider.peer_id,
-                "addrs": list(item.provider.addrs),
-            }
-            _emit(
-                args,
-                data,
-                f"[{item.index}] {item.cid} {item.provider.peer_id} "
-                + " ".join(item.provider.addrs),
-            )
-        return 0
-    if cmd == "closest":
-        peers = client.closest_peers(args.key)
-        listed = [{"peer_id": p.peer_id, "addrs": list(p.addrs)} for p in peers]
-        _emit(args, listed, "\n".join(f"{p.peer_id} {' '.join(p.addrs)}" for p in peers))
-        return 0
-    if cmd == "connect":
-        peer, server = client.connect(args.multiaddr)
-        _emit(
-            args,
-            {"peer_id": peer, "dht_server": server},
-            f"connected to {peer}" + (" (DHT server)" if server else ""),
-        )
-        return 0
-    if cmd == "peers":
-        table = client.routing_table()
-        table_rows: list[dict[str, Any]] = [
-            {
-                "peer_id": p.peer_id,
-                "addrs": list(p.addrs),
-                "bucket": p.bucket,
-                "last_seen_seconds_ago": round(p.last_seen_seconds_ago, 1),
-            }
-            for p in table
-        ]
-        _emit(
-            args,
-            table_rows,
-            "\n".join(f"{p.bucket:3d} {p.peer_id} {' '.join(p.addrs)}" for p in table),
-        )
-        return 0
-    info = client.set_mode(args.mode) if cmd == "mode" else client.node_info()
-    if cmd == "mode":
-        _emit(args, {"mode": info.mode}, f"now in {info.mode} mode")
-        return 0
-    if cmd == "id":
-        _emit(
-            args,
-            {"peer_id": info.peer_id, "addrs": list(info.addrs)},
-            "\n".join([info.peer_id, *info.addrs]),
-        )
-        return 0
-    status = {
-        "peer_id": info.peer_id,
-        "addrs": list(info.addrs),
-        "mode": info.mode,
-        "protocol": info.protocol,
-        "routing_table_size": info.routing_table_size,
-        "stored_records": info.stored_records,
-        "announced_records": info.announced_records,
-        "agent_version": info.agent_version,
-        "connections": info.connections,
-        "published_shards": info.published_shards,
-        "publish_lookups": info.publish_lookups,
-        "republish_backlog": info.republish_backlog,
-    }
-    _emit(args, status, "\n".join(f"{k}: {v}" for k, v in status.items()))
-    return 0
+    handler = _COMMANDS[args.command]
+    return handler(client, args)
 
 
 def _announce(client: Client, args: argparse.Namespace) -> int:
     if not args.shards and args.file is None:
-        print("shardroute announce: give CIDs or hashes, or --file", file=sys.stderr)
-        return 2
-    try:
-        expected = _count_checked(args)
-    except (BadShardList, OSError, UnicodeDecodeError) as exc:
-        print(f"shardroute announce: {exc}; nothing was announced", file=sys.stderr)
-        return 2
-    total, fewest = 0, None
-    progress = None
-    # A bar for the operator watching a big file go in; never in a pipe or a log.
-    if args.file is not None and sys.stderr.isatty():
-        from rich.console import Console
-        from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        progress = Progress(
-            *Progress.get_default_columns()[:-1],
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
-        progress.start()
-        task = progress.add_task("announcing", total=expected)
-    try:
-        for batch in _batches(args):
-            result = client.announce(batch, wait=args.wait)
-            total += result.announced
-            if result.stored_on is not None:
-                fewest = result.stored_on if fewest is None else min(fewest, result.stored_on)
-            if progress is not None:
-                progress.update(task, completed=total)
-    finally:
-        if progress is not None:
-            progress.stop()
-    data: dict[str, Any] = {"announced": total}
+        raise CliError(Exit.USAGE, "give CIDs or hashes, or --file")
+    first = shard_args(args.shards)
+    with tempfile.TemporaryFile("w+") as spool:
+        total = len(first)
+        if args.file is not None:
+            try:
+                total += spool_checked(args.file, spool)
+            except CliError as exc:
+                raise CliError(exc.code, f"{exc.message}; nothing was announced") from None
+        stored, fewest = 0, None
+        with output.progress("announcing", total, enabled=args.file is not None) as advance:
+            for batch in _batches(first, spool if args.file is not None else None):
+                result = client.announce(batch, wait=args.wait)
+                stored += result.announced
+                if result.stored_on is not None:
+                    fewest = result.stored_on if fewest is None else min(fewest, result.stored_on)
+                advance(len(batch))
+    data: dict[str, Any] = {"announced": stored}
+    human = f"announced {stored} shards"
     if args.wait:
         data["stored_on"] = fewest or 0
-    human = f"announced {total} shards" + (
-        f", stored on at least {fewest or 0} peers" if args.wait else ""
+        human += f", stored on at least {fewest or 0} peers"
+    output.emit(args, data, human)
+    return Exit.OK
+
+
+def _withdraw(client: Client, args: argparse.Namespace) -> int:
+    n = client.withdraw(shard_args(args.shards))
+    output.emit(args, {"withdrawn": n}, f"withdrew {n} shards")
+    return Exit.OK
+
+
+def _find(client: Client, args: argparse.Namespace) -> int:
+    shard = shard_arg(args.shard, "shard")
+    found = []
+    for p in client.iter_providers(shard, count=args.count, timeout=args.timeout):
+        found.append({"peer_id": p.peer_id, "addrs": list(p.addrs)})
+        if not args.json:
+            print(f"{p.peer_id} {' '.join(p.addrs)}", flush=True)
+    if args.json:
+        output.print_json(found)
+    elif not found:
+        print("no providers found", flush=True)
+    return Exit.OK if found else Exit.NOT_FOUND
+
+
+def _locate(client: Client, args: argparse.Namespace) -> int:
+    shards = shard_args(args.shards)
+    items = []
+    for item in client.locate(
+        shards, need=args.need, per_shard=args.per_shard, timeout=args.timeout
+    ):
+        row = {
+            "cid": item.cid,
+            "index": item.index,
+            "peer_id": item.provider.peer_id,
+            "addrs": list(item.provider.addrs),
+        }
+        items.append(row)
+        if not args.json:
+            print(
+                f"[{item.index}] {item.cid} {item.provider.peer_id} {' '.join(item.provider.addrs)}"
+            )
+    if args.json:
+        output.print_json(items)
+    return Exit.OK
+
+
+def _closest(client: Client, args: argparse.Namespace) -> int:
+    key = args.key.strip()
+    try:
+        PeerId.parse(key)
+    except InvalidPeerId:
+        shard_arg(key, "key")
+    peers = client.closest_peers(key)
+    listed = [{"peer_id": p.peer_id, "addrs": list(p.addrs)} for p in peers]
+    output.emit(args, listed, "\n".join(f"{p.peer_id} {' '.join(p.addrs)}" for p in peers))
+    return Exit.OK
+
+
+def _connect(client: Client, args: argparse.Namespace) -> int:
+    peer, server = client.connect(args.multiaddr)
+    output.emit(
+        args,
+        {"peer_id": peer, "dht_server": server},
+        f"connected to {peer}" + (" (a DHT server, now in the routing table)" if server else ""),
     )
-    _emit(args, data, human)
-    return 0
+    return Exit.OK
+
+
+def _mode(client: Client, args: argparse.Namespace) -> int:
+    info = client.set_mode(args.mode)
+    output.emit(args, {"mode": info.mode}, f"now in {info.mode} mode")
+    return Exit.OK
+
+
+def _peers(client: Client, args: argparse.Namespace) -> int:
+    table = client.routing_table()
+    if args.json:
+        output.print_json(
+            [
+                {
+                    "peer_id": p.peer_id,
+                    "addrs": list(p.addrs),
+                    "bucket": p.bucket,
+                    "last_seen_seconds_ago": round(p.last_seen_seconds_ago, 1),
+                }
+                for p in table
+            ]
+        )
+    elif not table:
+        print("the routing table is empty: the node has no peers yet (see --bootstrap, connect)")
+    else:
+        output.table(
+            ["BUCKET", "PEER ID", "LAST SEEN", "ADDRESSES"],
+            [
+                [
+                    str(p.bucket),
+                    p.peer_id,
+                    f"{p.last_seen_seconds_ago:.0f} s ago",
+                    " ".join(p.addrs),
+                ]
+                for p in table
+            ],
+        )
+    return Exit.OK
+
+
+def _status(client: Client, args: argparse.Namespace) -> int:
+    info = client.node_info()
+    addrs = [f"{a}/p2p/{info.peer_id}" for a in info.addrs]
+    data = {
+        "peer_id": info.peer_id,
+        "addrs": addrs,
+        "mode": info.mode,
+        "protocol": info.protocol,
+        "agent_version": info.agent_version,
+        "routing_table_size": info.routing_table_size,
+        "connections": info.connections,
+        "stored_records": info.stored_records,
+        "announced_records": info.announced_records,
+        "published_shards": info.published_shards,
+        "publish_lookups": info.publish_lookups,
+        "republish_backlog": info.republish_backlog,
+    }
+    if args.json:
+        output.print_json(data)
+    else:
+        output.fields(
+            [
+                ("peer ID", info.peer_id),
+                ("agent", info.agent_version),
+                ("mode", f"{info.mode} ({info.protocol})"),
+                ("routing table", f"{info.routing_table_size} peers"),
+                ("connections", str(info.connections)),
+                ("records stored", f"{info.stored_records} (for other providers)"),
+                ("shards announced", str(info.announced_records)),
+                (
+                    "published",
+                    f"{info.published_shards} since start, {info.publish_lookups} lookups",
+                ),
+                ("republish backlog", f"{info.republish_backlog} due now"),
+                ("addresses", addrs),
+            ]
+        )
+    return Exit.OK
+
+
+def _id(client: Client, args: argparse.Namespace) -> int:
+    info = client.node_info()
+    addrs = [f"{a}/p2p/{info.peer_id}" for a in info.addrs]
+    if args.json:
+        output.print_json({"peer_id": info.peer_id, "addrs": addrs})
+    else:
+        output.fields([("peer ID", info.peer_id), ("addresses", addrs)])
+    return Exit.OK
+
+
+def _get(client: Client, args: argparse.Namespace) -> int:
+    value = client.get_value(args.key.encode(), quorum=args.quorum)
+    if value is None:
+        if args.json:
+            output.print_json({"key": args.key, "found": False})
+        else:
+            print(f"no value found for {args.key}")
+        return Exit.NOT_FOUND
+    if args.json:
+        output.print_json({"key": args.key, "found": True, "value_hex": value.hex()})
+    else:
+        sys.stdout.buffer.write(value)
+        sys.stdout.flush()
+    return Exit.OK
+
+
+def _put(client: Client, args: argparse.Namespace) -> int:
+    if args.value_file == "-":
+        value = sys.stdin.buffer.read()
+    else:
+        try:
+            value = Path(args.value_file).read_bytes()
+        except OSError as exc:
+            raise CliError(Exit.USAGE, f"{args.value_file}: {exc.strerror or exc}") from None
+    stored_on = client.put_value(args.key.encode(), value)
+    output.emit(args, {"key": args.key, "stored_on": stored_on}, f"stored on {stored_on} peers")
+    return Exit.OK
+
+
+_COMMANDS = {
+    "announce": _announce,
+    "withdraw": _withdraw,
+    "find": _find,
+    "locate": _locate,
+    "closest": _closest,
+    "connect": _connect,
+    "mode": _mode,
+    "peers": _peers,
+    "status": _status,
+    "id": _id,
+    "get": _get,
+    "put": _put,
+}

@@ -43,7 +43,7 @@ SERVE_FLAGS = (
     "bootstrap",
     "protocol",
     "mode",
-    "grpc",
+    "grpc_listen",
     "metrics",
     "data_dir",
     "log_level",

@@ -27,7 +27,7 @@ from shardroute.kad.context import KadContext
 from shardroute.kad.handler import KadHandler
 from shardroute.kad.lookup_runner import LookupMetrics, LookupRunner
 from shardroute.kad.messages import KadMessage, MessageType, PeerInfo
-from shardroute.kad.providers import ProviderRouting
+from shardroute.kad.providers import ProvideMetrics, ProviderRouting
 from shardroute.kad.records import Validator
 from shardroute.kad.reports import LookupReport, ProvideReport, PutReport, ValueReport
 from shardroute.kad.repositories import ProviderStore, ValueStore
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Dht", "DhtConfig", "DhtMetrics", "Mode"]
 
 
-class DhtMetrics(LookupMetrics, RequestMetrics, TableMetrics, Protocol):
+class DhtMetrics(LookupMetrics, RequestMetrics, TableMetrics, ProvideMetrics, Protocol):
     """What the Dht reports; the composition root adapts `obs.metrics` to it."""
 
 
@@ -75,7 +75,7 @@ class Dht(Service):
             keeper=self.keeper, requests=self.requests, config=config, clock=clock, metrics=metrics
         )
         context = KadContext(self.keeper, self.runner, self.requests, config, clock)
-        self._providers = ProviderRouting(context, providers)
+        self._providers = ProviderRouting(context, providers, metrics)
         self._values = ValueRouting(context, values, validator)
         self.handler = KadHandler(
             self_id=self.self_id,
@@ -166,7 +166,7 @@ class Dht(Service):
             return bool(found)
 
         message = KadMessage(type=MessageType.FIND_NODE, key=peer.raw)
-        await self.runner.run("find_peer", peer.raw, message, on_answer)
+        await self.runner.run("find_peer", peer.raw, message, on_answer, found=lambda: bool(found))
         return found[0] if found else None
 
     # -- providers ---------------------------------------------------------------------------

@@ -36,8 +36,9 @@ AnswerHook = Callable[[PeerId, KadMessage], bool]
 
 class LookupMetrics(Protocol):
     def lookup_finished(
-        self, op: str, *, duration: float, requests: int, rounds: int, timed_out: bool
-    ) -> None: ...
+        self, op: str, *, duration: float, requests: int, rounds: int, outcome: str
+    ) -> None:
+        """`outcome`: found, not_found or timeout (the query timeout ended it empty)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +65,16 @@ class LookupRunner:
         self.metrics = metrics
 
     async def run(
-        self, op: str, key: bytes, message: KadMessage, on_answer: AnswerHook | None = None
+        self,
+        op: str,
+        key: bytes,
+        message: KadMessage,
+        on_answer: AnswerHook | None = None,
+        *,
+        found: Callable[[], bool] | None = None,
     ) -> LookupOutcome:
+        """Run one lookup. `found` says whether it found what the operation looks for (by
+        default: any peer that answered)."""
         table = self.keeper.table
         target = Key.for_bytes(key)
         seeds = table.nearest(target, self.config.k)
@@ -95,12 +104,13 @@ class LookupRunner:
                 " (timed out)" if timed_out else "",
             )
         if self.metrics is not None:
+            hit = found() if found is not None else bool(lookup.result())
             self.metrics.lookup_finished(
                 op,
                 duration=duration,
                 requests=lookup.requests_sent,
                 rounds=lookup.rounds,
-                timed_out=timed_out,
+                outcome="found" if hit else "timeout" if timed_out else "not_found",
             )
         return LookupOutcome(lookup=lookup, duration=duration, timed_out=timed_out)
 

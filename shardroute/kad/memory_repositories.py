@@ -42,6 +42,13 @@ class MemoryProviderStore:
         providers[record.provider] = record
         return True
 
+    async def add_providers(self, records: Sequence[ProviderRecord]) -> list[bool]:
+        return [await self.add_provider(r) for r in records]
+
+    async def remove_provider(self, key: bytes, provider: PeerId) -> bool:
+        providers = self._records.get(key)
+        return providers is not None and providers.pop(provider, None) is not None
+
     async def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderRecord]:
         """Up to `limit` unexpired providers in random order (go answers in random order too),
         their addresses emptied once past `addrs_expire_at`."""

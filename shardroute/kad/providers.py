@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -26,6 +27,11 @@ from shardroute.kad.repositories import ProviderRecord, ProviderStore
 log = logging.getLogger(__name__)
 
 
+class ProvideMetrics(Protocol):
+    def records_published(self, count: int) -> None:
+        """Provider records handed to peers (ADD_PROVIDER written)."""
+
+
 def check_provider_key(key: bytes) -> None:
     if not 1 <= len(key) <= limits.KAD_MAX_PROVIDER_KEY:
         raise LocalProtocolError(
@@ -35,9 +41,12 @@ def check_provider_key(key: bytes) -> None:
 
 
 class ProviderRouting(KadOperation):
-    def __init__(self, context: KadContext, store: ProviderStore) -> None:
+    def __init__(
+        self, context: KadContext, store: ProviderStore, metrics: ProvideMetrics | None = None
+    ) -> None:
         super().__init__(context)
         self.store = store
+        self.metrics = metrics
         self._tg: TaskGroup | None = None
 
     def attach(self, tg: TaskGroup | None) -> None:
@@ -51,16 +60,20 @@ class ProviderRouting(KadOperation):
             raise LocalProtocolError("cannot provide without a dialable address")
         return PeerInfo(peer_id=self.self_id, addrs=addrs)
 
-    async def _record_self(self, key: bytes, me: PeerInfo) -> None:
+    async def _record_self(self, keys: Sequence[bytes], me: PeerInfo) -> None:
+        """Our own provider records of `keys`, one durable write."""
         now = self.clock.wall()
-        await self.store.add_provider(
-            ProviderRecord(
-                key=key,
-                provider=self.self_id,
-                addrs=me.addrs,
-                received_at=now,
-                expires_at=now + self.config.provider_ttl,
-            )
+        await self.store.add_providers(
+            [
+                ProviderRecord(
+                    key=key,
+                    provider=self.self_id,
+                    addrs=me.addrs,
+                    received_at=now,
+                    expires_at=now + self.config.provider_ttl,
+                )
+                for key in keys
+            ]
         )
 
     def _find_closest(self, key: bytes) -> KadMessage:
@@ -86,6 +99,8 @@ class ProviderRouting(KadOperation):
         sent = await self.requests.send_batches(batches, infos, self.config.put_timeout)
         for peer in batches.keys() - sent:
             self.keeper.peer_failed(peer)
+        if self.metrics is not None:
+            self.metrics.records_published(sum(len(batches[p]) for p in sent))
         return sent
 
     async def provide(self, key: bytes) -> ProvideReport:
@@ -105,7 +120,7 @@ class ProviderRouting(KadOperation):
 
         async def one(key: bytes) -> None:
             async with limiter:
-                await self._record_self(key, me)
+                await self._record_self([key], me)
                 outcomes[key] = await self.runner.run("provide", key, self._find_closest(key))
 
         async with anyio.create_task_group() as tg:
@@ -148,9 +163,9 @@ class ProviderRouting(KadOperation):
         me = self._self_provider()
         keys_by_peer: dict[PeerId, list[bytes]] = {}
         infos: dict[PeerId, PeerInfo] = {}
+        if record_self:
+            await self._record_self(list(assignments), me)
         for key, peers in assignments.items():
-            if record_self:
-                await self._record_self(key, me)
             for info in peers:
                 infos[info.peer_id] = info
                 keys_by_peer.setdefault(info.peer_id, []).append(key)
@@ -228,7 +243,11 @@ class ProviderRouting(KadOperation):
 
         with scope, send:
             outcome = await self.runner.run(
-                "get_providers", key, KadMessage(type=MessageType.GET_PROVIDERS, key=key), on_answer
+                "get_providers",
+                key,
+                KadMessage(type=MessageType.GET_PROVIDERS, key=key),
+                on_answer,
+                found=lambda: emitted > 0,
             )
             if on_report is not None:
                 on_report(self.runner.report(outcome))

@@ -141,7 +141,11 @@ class ValueRouting(KadOperation):
             return bool(quorum) and responses >= quorum
 
         outcome = await self.runner.run(
-            "get_value", key, KadMessage(type=MessageType.GET_VALUE, key=key), on_answer
+            "get_value",
+            key,
+            KadMessage(type=MessageType.GET_VALUE, key=key),
+            on_answer,
+            found=lambda: best is not None,
         )
         corrected = 0
         stale: list[PeerId] = []

@@ -65,6 +65,29 @@ def next_slot(position: Key, now: float, cycle: float) -> float:
     return (m + p) * cycle
 
 
+class PublicationWait:
+    """The first publication of some shards, for an announce that waits for it."""
+
+    def __init__(self, keys: set[bytes]) -> None:
+        self._pending = set(keys)
+        self._took: list[int] = []
+        self._done = anyio.Event()
+
+    def settle(self, accepted: dict[bytes, int]) -> bool:
+        """A pass published `accepted` (key -> peers that took it); True once all are in."""
+        for key in self._pending & accepted.keys():
+            self._took.append(accepted[key])
+        self._pending -= accepted.keys()
+        if not self._pending:
+            self._done.set()
+        return not self._pending
+
+    async def stored_on(self) -> int:
+        """Wait for every shard's publication; the fewest peers any of them reached."""
+        await self._done.wait()
+        return min(self._took, default=0)
+
+
 @dataclass(slots=True)
 class PublishStats:
     """Cumulative work of a publisher (the bench and the tests read it)."""
@@ -104,24 +127,38 @@ class Publisher:
         self.stats = PublishStats()
         self._wake = Wakeup()
         self.passed = Wakeup()  # fired after every pass
+        self._waits: list[PublicationWait] = []
         self._regions: RegionMap | None = None
         self._regions_at = -math.inf
 
     # -- the API's side --------------------------------------------------------------------
 
-    async def announce(self, cids: Sequence[ContentId]) -> int:
-        """Durably record the shards as announced and due now; returns how many."""
-        count = await self.store.add([(c.dht_key, c.codec) for c in cids], now=self.clock.wall())
+    async def announce(
+        self, cids: Sequence[ContentId], *, wait: bool = False
+    ) -> tuple[int, PublicationWait | None]:
+        """Durably record the shards as announced and due now; how many (each shard once,
+        whatever form named it). With `wait`, also something to await their first publication
+        on (the one the background pass makes: there is no second)."""
+        entries = {c.dht_key: c.codec for c in cids}
+        waiting = PublicationWait(set(entries)) if wait else None
+        if waiting is not None:
+            self._waits.append(waiting)
+        count = await self.store.add(list(entries.items()), now=self.clock.wall())
         self._wake.fire()
-        return count
+        return count, waiting
+
+    def forget(self, waiting: PublicationWait) -> None:
+        """The caller stopped waiting (its deadline passed)."""
+        if waiting in self._waits:
+            self._waits.remove(waiting)
 
     async def withdraw(self, cids: Sequence[ContentId]) -> int:
-        return await self.store.remove([c.dht_key for c in cids])
-
-    async def publish_now(self, cids: Sequence[ContentId]) -> int:
-        """Provide these shards now; returns the fewest peers that took a record."""
-        accepted = await self.publish([c.dht_key for c in cids])
-        return min(accepted.values(), default=0)
+        """Stop announcing; our own record of each goes at once (peers keep theirs until their
+        TTL, as in every implementation: there is no un-provide message)."""
+        keys = list(dict.fromkeys(c.dht_key for c in cids))
+        for key in keys:
+            await self.dht.providers.remove_provider(key, self.dht.self_id)
+        return await self.store.remove(keys)
 
     async def drained(self) -> None:
         """Wait until no announced shard is due (tests, benchmarks, graceful callers)."""
@@ -191,6 +228,9 @@ class Publisher:
         await self.store.reschedule(schedule)
         ok = sum(1 for _, _, took in schedule if took)
         messages = sum(len(p) for p in assignments.values())
+        for waiting in list(self._waits):
+            if waiting.settle(accepted):
+                self._waits.remove(waiting)
         self.stats.shards += ok
         self.stats.failed += len(positions) - ok
         self.stats.messages += messages

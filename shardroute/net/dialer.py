@@ -72,12 +72,14 @@ class Dialer:
         upgrade_timeout: float,
         own_scopes: Callable[[], set[Scope]] = set,
         stagger: float = DIAL_STAGGER,
+        on_handshake_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.identity = identity
         self.dial_timeout = dial_timeout
         self.upgrade_timeout = upgrade_timeout
         self.own_scopes = own_scopes
         self.stagger = stagger
+        self.on_handshake_failure = on_handshake_failure
 
     async def dial_addr(self, addr: Multiaddr, expected: PeerId | None) -> Upgraded:
         """One address: TCP, then the upgrade; with `expected`, the peer must prove that ID."""
@@ -90,6 +92,10 @@ class Dialer:
         except BaseException as exc:
             with anyio.move_on_after(1, shield=True):
                 await raw.aclose()
+            if self.on_handshake_failure is not None and not isinstance(
+                exc, anyio.get_cancelled_exc_class()
+            ):
+                self.on_handshake_failure(exc)
             if isinstance(exc, PeerIdMismatch):
                 raise DialPeerMismatch(f"dial {addr}: {exc}") from exc
             if isinstance(exc, ShardrouteError):

@@ -22,7 +22,9 @@ from shardroute.clock import Clock, SystemClock
 from shardroute.errors import (
     ConnectionClosed,
     DialError,
+    DialPeerMismatch,
     MultistreamError,
+    PeerIdMismatch,
     RemoteProtocolError,
     ResourceLimitExceeded,
     ShardrouteError,
@@ -64,6 +66,19 @@ class _PendingDial:
 class NetMetrics(Protocol):
     def peer_addrs_dropped(self, reason: str, count: int) -> None: ...
 
+    def handshake_failed(self, reason: str) -> None: ...
+
+
+def handshake_failure_reason(exc: BaseException) -> str:
+    """What kind of upgrade failure `exc` is, for the handshake-failures metric."""
+    if isinstance(exc, (PeerIdMismatch, DialPeerMismatch)):
+        return "peer_id_mismatch"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, RemoteProtocolError):
+        return "protocol"
+    return "closed"
+
 
 @dataclass(frozen=True, slots=True)
 class HostLimits:
@@ -102,6 +117,7 @@ class Host:
             dial_timeout=self.limits.dial_timeout,
             upgrade_timeout=self.limits.upgrade_timeout,
             own_scopes=lambda: {scope_of(a) for a in self.interface_listen_addrs()},
+            on_handshake_failure=self._handshake_failed,
         )
         self.metrics = metrics
         self._listen_scopes: list[anyio.CancelScope] = []
@@ -249,6 +265,8 @@ class Host:
                 channel, plaintext = await upgrade(raw, self.identity, initiator=False)
         except UPGRADE_ERRORS as exc:
             log.info("inbound connection from %s failed to upgrade: %r", remote_addr, exc)
+            if self.metrics is not None:
+                self.metrics.handshake_failed(handshake_failure_reason(exc))
             await raw.aclose()
             return
         finally:
@@ -300,6 +318,10 @@ class Host:
         finally:
             del self._pending_dials[peer]
             pending.done.set()
+
+    def _handshake_failed(self, exc: BaseException) -> None:
+        if self.metrics is not None:
+            self.metrics.handshake_failed(handshake_failure_reason(exc))
 
     def _check_can_dial(self) -> None:
         if self._tg is None:

@@ -6,7 +6,20 @@ for counters. `MetricsAdapter` is what the DHT reports through.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+
+from shardroute import __version__
+
+# `_created` series double every counter for a timestamp no dashboard reads.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS = (
     0.001,
@@ -26,131 +39,180 @@ LATENCY_BUCKETS = (
 )
 
 
+# Label values known in advance: their series exist (at 0) from the start, so a rate() or an
+# alert has something to read before the first event.
+LOOKUP_OPERATIONS = ("provide", "get_providers", "find_node", "find_peer", "put_value", "get_value")
+LOOKUP_OUTCOMES = ("found", "not_found", "timeout")
+MESSAGE_TYPES = ("PUT_VALUE", "GET_VALUE", "ADD_PROVIDER", "GET_PROVIDERS", "FIND_NODE", "PING")
+BAD_MESSAGE_REASONS = ("undecodable", "too_large", "rejected", "bad_peer_entry")
+EVICTION_REASONS = ("unresponsive", "failures", "left_server_mode")
+HANDSHAKE_FAILURE_REASONS = ("timeout", "protocol", "peer_id_mismatch", "closed")
+GRPC_METHODS = (
+    "Announce",
+    "Withdraw",
+    "FindProviders",
+    "Locate",
+    "GetClosestPeers",
+    "PutValue",
+    "GetValue",
+    "GetNodeInfo",
+    "SetMode",
+    "ListRoutingTable",
+    "Connect",
+)
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self.build_info = Gauge(
+            "shardroute_build_info",
+            "Always 1; the labels say which shardroute and Python this node runs.",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
         self.routing_table_peers = Gauge(
-            "shardroute_routing_table_peers", "Peers in the Kademlia routing table.", registry=r
+            "shardroute_routing_table_peers", "Peers in the Kademlia routing table now.", registry=r
         )
         self.lookup_duration_seconds = Histogram(
             "shardroute_lookup_duration_seconds",
-            "Duration of DHT lookups by operation.",
+            "How long DHT lookups took, by operation.",
             ["operation"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.lookups_total = Counter(
             "shardroute_lookups_total",
-            "DHT lookups by operation and outcome.",
+            "DHT lookups, by operation and outcome: found (what was looked for), not_found (the"
+            " lookup ended without it), timeout (the query timeout ended it with nothing).",
             ["operation", "outcome"],
             registry=r,
         )
         self.lookup_requests = Histogram(
             "shardroute_lookup_requests",
-            "Requests sent per lookup.",
+            "Requests one lookup sent, by operation.",
             ["operation"],
             buckets=(1, 3, 5, 10, 20, 30, 50, 100, 200),
             registry=r,
         )
         self.query_timeouts_total = Counter(
             "shardroute_query_timeouts_total",
-            "Lookups that hit the query timeout.",
+            "DHT lookups that the query timeout ended with nothing found, by operation.",
             ["operation"],
             registry=r,
         )
         self.dht_requests_sent_total = Counter(
             "shardroute_dht_requests_sent_total",
-            "DHT requests sent by type and result.",
+            "DHT requests this node sent, by message type and result (ok: answered or written).",
             ["type", "result"],
             registry=r,
         )
         self.dht_requests_received_total = Counter(
             "shardroute_dht_requests_received_total",
-            "DHT requests received by type and result.",
+            "DHT requests this node answered, by message type and result (ok, rejected).",
             ["type", "result"],
             registry=r,
         )
         self.bad_messages_total = Counter(
             "shardroute_bad_messages_total",
-            "Refused inbound messages by reason.",
+            "Inbound DHT messages refused, by reason.",
             ["reason"],
             registry=r,
         )
         self.evictions_total = Counter(
             "shardroute_routing_table_evictions_total",
-            "Peers evicted from the routing table by reason.",
+            "Peers evicted from the routing table, by reason.",
             ["reason"],
             registry=r,
         )
         self.provider_records_stored = Gauge(
             "shardroute_provider_records_stored",
-            "Provider records this node stores for others.",
+            "Unexpired provider records this node keeps for other providers (and itself).",
             registry=r,
         )
         self.provider_records_announced = Gauge(
             "shardroute_provider_records_announced", "Shards this node announces.", registry=r
         )
+        self.provider_records_published_total = Counter(
+            "shardroute_provider_records_published_total",
+            "Provider records this node handed to peers (ADD_PROVIDER written), all publishing"
+            " paths together: one per shard and peer.",
+            registry=r,
+        )
         self.connections = Gauge(
             "shardroute_connections",
-            "Open libp2p connections by direction.",
+            "Open libp2p connections, by direction.",
             ["direction"],
             registry=r,
         )
-        self.streams = Gauge("shardroute_streams", "Open Yamux streams.", registry=r)
+        self.streams = Gauge(
+            "shardroute_streams", "Open Yamux streams, on all connections.", registry=r
+        )
         self.grpc_requests_total = Counter(
             "shardroute_grpc_requests_total",
-            "gRPC requests by method and status code.",
+            "gRPC API calls answered, by method and status code.",
             ["method", "code"],
+            registry=r,
+        )
+        self.grpc_request_duration_seconds = Histogram(
+            "shardroute_grpc_request_duration_seconds",
+            "How long gRPC API calls took until their status, by method.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.store_operation_seconds = Histogram(
             "shardroute_store_operation_seconds",
-            "SQLite store operation latency.",
+            "How long SQLite store operations took, by repository and operation.",
             ["operation"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.republish_backlog = Gauge(
-            "shardroute_republish_backlog", "Announced shards due for (re)publishing.", registry=r
+            "shardroute_republish_backlog",
+            "Announced shards due for (re)publishing now.",
+            registry=r,
         )
         self.refreshes_total = Counter(
             "shardroute_routing_table_refreshes_total",
-            "Routing-table refresh rounds by trigger (scheduled, adaptive, bootstrap).",
+            "Routing-table refresh rounds, by trigger (scheduled, adaptive, bootstrap).",
             ["trigger"],
             registry=r,
         )
         self.liveness_checks_total = Counter(
             "shardroute_liveness_checks_total",
-            "Liveness probes of routing-table peers by result (alive, dead).",
+            "Liveness probes of routing-table peers, by result (alive, dead).",
             ["result"],
             registry=r,
         )
         self.bootstrap_attempts_total = Counter(
             "shardroute_bootstrap_attempts_total",
-            "Bootstrap attempts by result (joined, empty).",
+            "Bootstrap attempts, by result (joined, empty: no peer reached).",
             ["result"],
             registry=r,
         )
         self.republished_shards_total = Counter(
             "shardroute_republished_shards_total",
-            "Announced shards (re)published, by result (stored, failed).",
+            "Announced shards (re)published, by result (stored: at least one peer took it;"
+            " failed: none did, retried soon).",
             ["result"],
             registry=r,
         )
         self.republish_lookups_total = Counter(
             "shardroute_republish_lookups_total",
-            "Lookups spent exploring keyspace regions for republishing.",
+            "Lookups the publisher spent finding each keyspace region's closest peers.",
             registry=r,
         )
         self.republish_messages_total = Counter(
             "shardroute_republish_messages_total",
-            "ADD_PROVIDER messages sent by the republisher.",
+            "ADD_PROVIDER messages the publisher handed to the network.",
             registry=r,
         )
         self.expired_records_total = Counter(
             "shardroute_expired_records_total",
-            "Provider records removed from the store after their TTL.",
+            "Provider records deleted from the store after their TTL.",
             registry=r,
         )
         self.peer_addrs_dropped_total = Counter(
@@ -162,10 +224,40 @@ class Metrics:
         )
         self.handshake_failures_total = Counter(
             "shardroute_handshake_failures_total",
-            "Connection upgrades that failed, by reason.",
+            "Connection upgrades (multistream, Noise, Yamux) that failed, inbound and outbound,"
+            " by reason.",
             ["reason"],
             registry=r,
         )
+        self._initialise_labels()
+
+    def _initialise_labels(self) -> None:
+        for op in LOOKUP_OPERATIONS:
+            self.lookup_duration_seconds.labels(op)
+            self.lookup_requests.labels(op)
+            self.query_timeouts_total.labels(op)
+            for outcome in LOOKUP_OUTCOMES:
+                self.lookups_total.labels(op, outcome)
+        for kind in MESSAGE_TYPES:
+            for result in ("ok", "error"):
+                self.dht_requests_sent_total.labels(kind, result)
+            for result in ("ok", "rejected"):
+                self.dht_requests_received_total.labels(kind, result)
+        for method in GRPC_METHODS:
+            self.grpc_requests_total.labels(method, "OK")
+            self.grpc_request_duration_seconds.labels(method)
+        for counter, values in (
+            (self.bad_messages_total, BAD_MESSAGE_REASONS),
+            (self.evictions_total, EVICTION_REASONS),
+            (self.handshake_failures_total, HANDSHAKE_FAILURE_REASONS),
+            (self.peer_addrs_dropped_total, ("scope", "cap")),
+            (self.refreshes_total, ("scheduled", "adaptive", "bootstrap")),
+            (self.liveness_checks_total, ("alive", "dead")),
+            (self.bootstrap_attempts_total, ("joined", "empty")),
+            (self.republished_shards_total, ("stored", "failed")),
+        ):
+            for value in values:
+                counter.labels(value)
 
 
 class MetricsAdapter:
@@ -176,12 +268,12 @@ class MetricsAdapter:
         self.m = metrics
 
     def lookup_finished(
-        self, op: str, *, duration: float, requests: int, rounds: int, timed_out: bool
+        self, op: str, *, duration: float, requests: int, rounds: int, outcome: str
     ) -> None:
         self.m.lookup_duration_seconds.labels(op).observe(duration)
         self.m.lookup_requests.labels(op).observe(requests)
-        self.m.lookups_total.labels(op, "timeout" if timed_out else "ok").inc()
-        if timed_out:
+        self.m.lookups_total.labels(op, outcome).inc()
+        if outcome == "timeout":
             self.m.query_timeouts_total.labels(op).inc()
 
     def request_finished(self, message_type: str, *, ok: bool) -> None:
@@ -192,6 +284,12 @@ class MetricsAdapter:
 
     def peer_evicted(self, reason: str) -> None:
         self.m.evictions_total.labels(reason).inc()
+
+    def handshake_failed(self, reason: str) -> None:
+        self.m.handshake_failures_total.labels(reason).inc()
+
+    def records_published(self, count: int) -> None:
+        self.m.provider_records_published_total.inc(count)
 
     def peer_addrs_dropped(self, reason: str, count: int) -> None:
         self.m.peer_addrs_dropped_total.labels(reason).inc(count)

@@ -64,7 +64,9 @@ def _on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def open_engine(path: Path) -> AsyncEngine:
-    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+    # One connection: SQLite has one writer at a time anyway, and a second pooled connection
+    # would meet a long write as "database is locked" after busy_timeout instead of queuing.
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", pool_size=1, max_overflow=0)
     event.listen(engine.sync_engine, "connect", _on_connect)
     return engine
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 
 import anyio.lowlevel
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shardroute.errors import StoreError
@@ -24,6 +26,10 @@ _PROVIDERS_SQL = (
 )
 
 
+# Records written per transaction.
+WRITE_BATCH = 1000
+
+
 class SqliteProviderStore(Repository):
     name = "providers"
 
@@ -32,52 +38,29 @@ class SqliteProviderStore(Repository):
         self.max_per_key = max_per_key
         self.reader: sqlite3.Connection | None = None
 
-    @atomic
     async def add_provider(self, record: ProviderRecord) -> bool:
+        return (await self.add_providers([record]))[0]
+
+    @atomic
+    async def add_providers(self, records: Sequence[ProviderRecord]) -> list[bool]:
+        """Upsert many records, each under the per-key cap, in transactions of at most
+        `WRITE_BATCH` (one fsync each, and the write lock never held long); which were stored."""
+        stored: list[bool] = []
+        for start in range(0, len(records), WRITE_BATCH):
+            async with self.engine.begin() as conn:
+                chunk = records[start : start + WRITE_BATCH]
+                stored += await conn.run_sync(_upsert_all, chunk, self.max_per_key)
+        return stored
+
+    @atomic
+    async def remove_provider(self, key: bytes, provider: PeerId) -> bool:
         t = provider_records
+        ids = select(provider_peers.c.id).where(provider_peers.c.peer == provider.raw)
         async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(provider_peers).values(peer=record.provider.raw).on_conflict_do_nothing()
+            result = await conn.execute(
+                delete(t).where(t.c.key == key, t.c.provider_id.in_(ids.scalar_subquery()))
             )
-            provider_id = await conn.scalar(
-                select(provider_peers.c.id).where(provider_peers.c.peer == record.provider.raw)
-            )
-            others = await conn.scalar(
-                select(func.count())
-                .select_from(t)
-                .where(
-                    t.c.key == record.key,
-                    t.c.provider_id != provider_id,
-                    t.c.expires_at > record.received_at,
-                )
-            )
-            if others is not None and others >= self.max_per_key:
-                known = await conn.scalar(
-                    select(func.count())
-                    .select_from(t)
-                    .where(t.c.key == record.key, t.c.provider_id == provider_id)
-                )
-                if not known:
-                    return False
-            stmt = insert(t).values(
-                key=record.key,
-                provider_id=provider_id,
-                addrs=pack_addrs(record.addrs),
-                received_at=record.received_at,
-                expires_at=record.expires_at,
-                addrs_expire_at=record.addrs_expire_at,
-            )
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[t.c.key, t.c.provider_id],
-                set_={
-                    "addrs": stmt.excluded.addrs,
-                    "received_at": stmt.excluded.received_at,
-                    "expires_at": stmt.excluded.expires_at,
-                    "addrs_expire_at": stmt.excluded.addrs_expire_at,
-                },
-            )
-            await conn.execute(stmt)
-        return True
+            return bool(result.rowcount)
 
     async def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderRecord]:
         if self.reader is None:
@@ -121,3 +104,61 @@ class SqliteProviderStore(Repository):
             query = query.where(provider_records.c.expires_at > now)
         async with self.engine.connect() as conn:
             return int(await conn.scalar(query) or 0)
+
+
+def _upsert_all(
+    conn: Connection, records: Sequence[ProviderRecord], max_per_key: int
+) -> list[bool]:
+    """`add_providers` inside its transaction, on the synchronous connection: one hand-off to
+    the database thread for the whole batch instead of several per record."""
+    t = provider_records
+    ids: dict[bytes, int] = {}
+    stored = []
+    for record in records:
+        peer = record.provider.raw
+        provider_id = ids.get(peer)
+        if provider_id is None:
+            conn.execute(insert(provider_peers).values(peer=peer).on_conflict_do_nothing())
+            provider_id = conn.scalar(
+                select(provider_peers.c.id).where(provider_peers.c.peer == peer)
+            )
+            assert provider_id is not None
+            ids[peer] = provider_id
+        others = conn.scalar(
+            select(func.count())
+            .select_from(t)
+            .where(
+                t.c.key == record.key,
+                t.c.provider_id != provider_id,
+                t.c.expires_at > record.received_at,
+            )
+        )
+        if others is not None and others >= max_per_key:
+            known = conn.scalar(
+                select(func.count())
+                .select_from(t)
+                .where(t.c.key == record.key, t.c.provider_id == provider_id)
+            )
+            if not known:
+                stored.append(False)
+                continue
+        stmt = insert(t).values(
+            key=record.key,
+            provider_id=provider_id,
+            addrs=pack_addrs(record.addrs),
+            received_at=record.received_at,
+            expires_at=record.expires_at,
+            addrs_expire_at=record.addrs_expire_at,
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[t.c.key, t.c.provider_id],
+            set_={
+                "addrs": stmt.excluded.addrs,
+                "received_at": stmt.excluded.received_at,
+                "expires_at": stmt.excluded.expires_at,
+                "addrs_expire_at": stmt.excluded.addrs_expire_at,
+            },
+        )
+        conn.execute(stmt)
+        stored.append(True)
+    return stored

@@ -40,7 +40,7 @@ class Served:
 @asynccontextmanager
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
     """A whole node on a SQLite file in `tmp_path`, its gRPC API on an ephemeral port."""
-    settings = loopback(data_dir=str(tmp_path), grpc="127.0.0.1:0", announce_batch_limit=100)
+    settings = loopback(data_dir=str(tmp_path), grpc_listen="127.0.0.1:0", announce_batch_limit=100)
     async with App(settings, identity=Ed25519PrivateKey.generate()) as app:
         assert app.api is not None and isinstance(app.storage, SqliteStore)
         target = f"127.0.0.1:{app.api.port}"

@@ -214,15 +214,18 @@ class _Metrics:
     """A DhtMetrics that remembers everything."""
 
     def __init__(self) -> None:
-        self.lookups: list[tuple[str, int, int, bool]] = []
+        self.lookups: list[tuple[str, int, int, str]] = []
         self.requests: Counter[tuple[str, bool]] = Counter()
         self.sizes: list[int] = []
         self.evictions: list[str] = []
 
     def lookup_finished(
-        self, op: str, *, duration: float, requests: int, rounds: int, timed_out: bool
+        self, op: str, *, duration: float, requests: int, rounds: int, outcome: str
     ) -> None:
-        self.lookups.append((op, requests, rounds, timed_out))
+        self.lookups.append((op, requests, rounds, outcome))
+
+    def records_published(self, count: int) -> None:
+        pass
 
     def request_finished(self, message_type: str, *, ok: bool) -> None:
         self.requests[(message_type, ok)] += 1
@@ -243,7 +246,7 @@ async def test_metrics_see_lookups_requests_table_size_and_evictions() -> None:
         await _seen(node, nodes[0])
         report = await node.dht.get_closest_peers(node.peer_id.raw)
         await cluster.network.settle()
-        assert metrics.lookups == [("find_node", report.requests, report.rounds, False)]
+        assert metrics.lookups == [("find_node", report.requests, report.rounds, "found")]
         assert metrics.requests == Counter({("FIND_NODE", True): report.requests})
         assert metrics.sizes[-1] == len(node.dht.routing_table) > 1
         # A silent table peer fails its first request: one failure evicts it (max_failures=1).

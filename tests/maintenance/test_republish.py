@@ -78,6 +78,7 @@ async def test_findable_for_48_hours_then_gone_12_hours_after_its_provider_stopp
         assert expired - expired_before >= 10  # the receivers' copies were swept from stores
 
 
+@pytest.mark.timeout(900)  # 100 nodes and 400,000 ADD_PROVIDERs in one process
 async def test_republishing_10000_shards_costs_few_lookups_and_all_stay_findable(
     tmp_path: Path,
 ) -> None:

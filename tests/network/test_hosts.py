@@ -69,12 +69,10 @@ class NetNode:
     def cli(self, *args: str, timeout: float = 60) -> Any:
         result = self.cli_result(*args, timeout=timeout)
         assert result.returncode == 0, f"{self.host.name}: {args}: {result.stderr}"
-        lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-        return lines[0] if len(lines) == 1 else lines
+        return json.loads(result.stdout)
 
     def table(self) -> set[str]:
-        rows = self.cli("peers")
-        return {p["peer_id"] for p in (rows if isinstance(rows, list) else [rows])}
+        return {p["peer_id"] for p in self.cli("peers")}
 
     def log(self) -> str:
         return (self.workdir / "serve.log").read_text(errors="replace")
@@ -151,16 +149,15 @@ def test_every_table_holds_the_other_hosts_and_closest_lists_them(network: Netwo
             assert f"/ip4/{other.host.ip}/tcp/4001" in row["addrs"], row
             assert not any("/ip4/127." in a for a in row["addrs"]), row
     for node in network.nodes:
-        closest = node.cli("closest", node.peer_id)
-        listed = {p["peer_id"] for p in (closest if isinstance(closest, list) else [closest])}
+        listed = {p["peer_id"] for p in node.cli("closest", node.peer_id)}
         assert everyone - {node.peer_id} <= listed
 
 
 def provider_rows(finder: NetNode, shard: str) -> list[dict[str, Any]]:
     result = finder.cli_result("find", shard, "--count", "5")
-    if result.returncode != 0:
+    if result.returncode != 0:  # 4: none found yet
         return []
-    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return list(json.loads(result.stdout))
 
 
 def test_a_shard_announced_on_one_host_is_found_and_dialable_from_every_other(
@@ -189,7 +186,7 @@ def test_a_host_behind_nat_with_append_announce_is_found_and_dialed(network: Net
         network.nodes[0].address,
         env_extra={"SHARDROUTE_APPEND_ANNOUNCE": public},
     )
-    assert public in node.cli("id")["addrs"]
+    assert f"{public}/p2p/{node.peer_id}" in node.cli("id")["addrs"]
     assert node.cli("announce", SHARDS[1], "--wait")["stored_on"] >= 1
     finder = network.nodes[3]
     rows = until(lambda: provider_rows(finder, SHARDS[1]), what="the NATed provider is found")
@@ -203,7 +200,11 @@ def test_a_host_behind_nat_is_found_through_its_observed_address(network: Networ
     node = serve(behind, network.tmp / "nat2", "--bootstrap", network.nodes[0].address)
     # It dials out to the others (bootstrap, lookups); each sees its router's address, and
     # four distinct IP groups saying so make it advertise that with its forwarded port.
-    until(lambda: public in node.cli("id")["addrs"], seconds=60, what="observed address")
+    until(
+        lambda: f"{public}/p2p/{node.peer_id}" in node.cli("id")["addrs"],
+        seconds=60,
+        what="observed address",
+    )
     assert node.cli("announce", SHARDS[2], "--wait")["stored_on"] >= 1
     finder = network.nodes[2]
     rows = until(lambda: provider_rows(finder, SHARDS[2]), what="the NATed provider is found")

@@ -11,7 +11,7 @@ from shardroute.config import Settings
 LOOPBACK = dataclasses.replace(
     Settings(),
     listen=("/ip4/127.0.0.1/tcp/0",),
-    grpc="",
+    grpc_listen="",
     metrics="",
     diversity_filter=False,
 )

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%shardroute/pb/api/v1/shardroute.proto\x12\rshardroute.v1\".\n\x05Shard\x12\r\n\x03\x63id\x18\x01 \x01(\tH\x00\x12\x10\n\x06sha256\x18\x02 \x01(\x0cH\x00\x42\x04\n\x02id\"E\n\x0f\x41nnounceRequest\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.shardroute.v1.Shard\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"F\n\x10\x41nnounceResponse\x12\x11\n\tannounced\x18\x01 \x01(\r\x12\x11\n\tstored_on\x18\x02 \x01(\r\x12\x0c\n\x04\x63ids\x18\x03 \x03(\t\"7\n\x0fWithdrawRequest\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.shardroute.v1.Shard\"%\n\x10WithdrawResponse\x12\x11\n\twithdrawn\x18\x01 \x01(\r\"*\n\x08Provider\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\"J\n\x14\x46indProvidersRequest\x12#\n\x05shard\x18\x01 \x01(\x0b\x32\x14.shardroute.v1.Shard\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"`\n\rLocateRequest\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.shardroute.v1.Shard\x12\x0c\n\x04need\x18\x02 \x01(\r\x12\x1b\n\x13providers_per_shard\x18\x03 \x01(\r\"V\n\rShardProvider\x12\x0b\n\x03\x63id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12)\n\x08provider\x18\x03 \x01(\x0b\x32\x17.shardroute.v1.Provider\"%\n\x16GetClosestPeersRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"c\n\x17GetClosestPeersResponse\x12&\n\x05peers\x18\x01 \x03(\x0b\x32\x17.shardroute.v1.Provider\x12\x10\n\x08requests\x18\x02 \x01(\r\x12\x0e\n\x06rounds\x18\x03 \x01(\r\"-\n\x0fPutValueRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"%\n\x10PutValueResponse\x12\x11\n\tstored_on\x18\x01 \x01(\r\"\x1e\n\x0fGetValueRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"0\n\x10GetValueResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x14\n\x12GetNodeInfoRequest\"3\n\x0eSetModeRequest\x12!\n\x04mode\x18\x01 \x01(\x0e\x32\x13.shardroute.v1.Mode\"\xa8\x02\n\x08NodeInfo\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\x12!\n\x04mode\x18\x03 \x01(\x0e\x32\x13.shardroute.v1.Mode\x12\x10\n\x08protocol\x18\x04 \x01(\t\x12\x1a\n\x12routing_table_size\x18\x05 \x01(\r\x12\x16\n\x0estored_records\x18\x06 \x01(\x04\x12\x19\n\x11\x61nnounced_records\x18\x07 \x01(\x04\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\x13\n\x0b\x63onnections\x18\t \x01(\r\x12\x18\n\x10published_shards\x18\n \x01(\x04\x12\x17\n\x0fpublish_lookups\x18\x0b \x01(\x04\x12\x19\n\x11republish_backlog\x18\x0c \x01(\x04\"\x19\n\x17ListRoutingTableRequest\"\\\n\x0bRoutingPeer\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\x12\x0e\n\x06\x62ucket\x18\x03 \x01(\r\x12\x1d\n\x15last_seen_seconds_ago\x18\x04 \x01(\x01\"E\n\x18ListRoutingTableResponse\x12)\n\x05peers\x18\x01 \x03(\x0b\x32\x1a.shardroute.v1.RoutingPeer\"#\n\x0e\x43onnectRequest\x12\x11\n\tmultiaddr\x18\x01 \x01(\t\"6\n\x0f\x43onnectResponse\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x12\n\ndht_server\x18\x02 \x01(\x08*>\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODE_SERVER\x10\x01\x12\x0f\n\x0bMODE_CLIENT\x10\x02\x32\xf8\x06\n\nShardRoute\x12K\n\x08\x41nnounce\x12\x1e.shardroute.v1.AnnounceRequest\x1a\x1f.shardroute.v1.AnnounceResponse\x12K\n\x08Withdraw\x12\x1e.shardroute.v1.WithdrawRequest\x1a\x1f.shardroute.v1.WithdrawResponse\x12O\n\rFindProviders\x12#.shardroute.v1.FindProvidersRequest\x1a\x17.shardroute.v1.Provider0\x01\x12\x46\n\x06Locate\x12\x1c.shardroute.v1.LocateRequest\x1a\x1c.shardroute.v1.ShardProvider0\x01\x12`\n\x0fGetClosestPeers\x12%.shardroute.v1.GetClosestPeersRequest\x1a&.shardroute.v1.GetClosestPeersResponse\x12K\n\x08PutValue\x12\x1e.shardroute.v1.PutValueRequest\x1a\x1f.shardroute.v1.PutValueResponse\x12K\n\x08GetValue\x12\x1e.shardroute.v1.GetValueRequest\x1a\x1f.shardroute.v1.GetValueResponse\x12I\n\x0bGetNodeInfo\x12!.shardroute.v1.GetNodeInfoRequest\x1a\x17.shardroute.v1.NodeInfo\x12\x63\n\x10ListRoutingTable\x12&.shardroute.v1.ListRoutingTableRequest\x1a\'.shardroute.v1.ListRoutingTableResponse\x12\x41\n\x07SetMode\x12\x1d.shardroute.v1.SetModeRequest\x1a\x17.shardroute.v1.NodeInfo\x12H\n\x07\x43onnect\x12\x1d.shardroute.v1.ConnectRequest\x1a\x1e.shardroute.v1.ConnectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%shardroute/pb/api/v1/shardroute.proto\x12\rshardroute.v1\".\n\x05Shard\x12\r\n\x03\x63id\x18\x01 \x01(\tH\x00\x12\x10\n\x06sha256\x18\x02 \x01(\x0cH\x00\x42\x04\n\x02id\"E\n\x0f\x41nnounceRequest\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.shardroute.v1.Shard\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"F\n\x10\x41nnounceResponse\x12\x11\n\tannounced\x18\x01 \x01(\r\x12\x11\n\tstored_on\x18\x02 \x01(\r\x12\x0c\n\x04\x63ids\x18\x03 \x03(\t\"7\n\x0fWithdrawRequest\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.shardroute.v1.Shard\"%\n\x10WithdrawResponse\x12\x11\n\twithdrawn\x18\x01 \x01(\r\"*\n\x08Provider\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\"J\n\x14\x46indProvidersRequest\x12#\n\x05shard\x18\x01 \x01(\x0b\x32\x14.shardroute.v1.Shard\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"`\n\rLocateRequest\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.shardroute.v1.Shard\x12\x0c\n\x04need\x18\x02 \x01(\r\x12\x1b\n\x13providers_per_shard\x18\x03 \x01(\r\"V\n\rShardProvider\x12\x0b\n\x03\x63id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12)\n\x08provider\x18\x03 \x01(\x0b\x32\x17.shardroute.v1.Provider\"%\n\x16GetClosestPeersRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"c\n\x17GetClosestPeersResponse\x12&\n\x05peers\x18\x01 \x03(\x0b\x32\x17.shardroute.v1.Provider\x12\x10\n\x08requests\x18\x02 \x01(\r\x12\x0e\n\x06rounds\x18\x03 \x01(\r\"-\n\x0fPutValueRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"%\n\x10PutValueResponse\x12\x11\n\tstored_on\x18\x01 \x01(\r\".\n\x0fGetValueRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0e\n\x06quorum\x18\x02 \x01(\r\"0\n\x10GetValueResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x14\n\x12GetNodeInfoRequest\"3\n\x0eSetModeRequest\x12!\n\x04mode\x18\x01 \x01(\x0e\x32\x13.shardroute.v1.Mode\"\xa8\x02\n\x08NodeInfo\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\x12!\n\x04mode\x18\x03 \x01(\x0e\x32\x13.shardroute.v1.Mode\x12\x10\n\x08protocol\x18\x04 \x01(\t\x12\x1a\n\x12routing_table_size\x18\x05 \x01(\r\x12\x16\n\x0estored_records\x18\x06 \x01(\x04\x12\x19\n\x11\x61nnounced_records\x18\x07 \x01(\x04\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\x13\n\x0b\x63onnections\x18\t \x01(\r\x12\x18\n\x10published_shards\x18\n \x01(\x04\x12\x17\n\x0fpublish_lookups\x18\x0b \x01(\x04\x12\x19\n\x11republish_backlog\x18\x0c \x01(\x04\"\x19\n\x17ListRoutingTableRequest\"\\\n\x0bRoutingPeer\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\x12\x0e\n\x06\x62ucket\x18\x03 \x01(\r\x12\x1d\n\x15last_seen_seconds_ago\x18\x04 \x01(\x01\"E\n\x18ListRoutingTableResponse\x12)\n\x05peers\x18\x01 \x03(\x0b\x32\x1a.shardroute.v1.RoutingPeer\"#\n\x0e\x43onnectRequest\x12\x11\n\tmultiaddr\x18\x01 \x01(\t\"6\n\x0f\x43onnectResponse\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x12\n\ndht_server\x18\x02 \x01(\x08*>\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODE_SERVER\x10\x01\x12\x0f\n\x0bMODE_CLIENT\x10\x02\x32\xf8\x06\n\nShardRoute\x12K\n\x08\x41nnounce\x12\x1e.shardroute.v1.AnnounceRequest\x1a\x1f.shardroute.v1.AnnounceResponse\x12K\n\x08Withdraw\x12\x1e.shardroute.v1.WithdrawRequest\x1a\x1f.shardroute.v1.WithdrawResponse\x12O\n\rFindProviders\x12#.shardroute.v1.FindProvidersRequest\x1a\x17.shardroute.v1.Provider0\x01\x12\x46\n\x06Locate\x12\x1c.shardroute.v1.LocateRequest\x1a\x1c.shardroute.v1.ShardProvider0\x01\x12`\n\x0fGetClosestPeers\x12%.shardroute.v1.GetClosestPeersRequest\x1a&.shardroute.v1.GetClosestPeersResponse\x12K\n\x08PutValue\x12\x1e.shardroute.v1.PutValueRequest\x1a\x1f.shardroute.v1.PutValueResponse\x12K\n\x08GetValue\x12\x1e.shardroute.v1.GetValueRequest\x1a\x1f.shardroute.v1.GetValueResponse\x12I\n\x0bGetNodeInfo\x12!.shardroute.v1.GetNodeInfoRequest\x1a\x17.shardroute.v1.NodeInfo\x12\x63\n\x10ListRoutingTable\x12&.shardroute.v1.ListRoutingTableRequest\x1a\'.shardroute.v1.ListRoutingTableResponse\x12\x41\n\x07SetMode\x12\x1d.shardroute.v1.SetModeRequest\x1a\x17.shardroute.v1.NodeInfo\x12H\n\x07\x43onnect\x12\x1d.shardroute.v1.ConnectRequest\x1a\x1e.shardroute.v1.ConnectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shardroute.pb.api.v1.shardroute_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODE']._serialized_start=1616
-  _globals['_MODE']._serialized_end=1678
+  _globals['_MODE']._serialized_start=1632
+  _globals['_MODE']._serialized_end=1694
   _globals['_SHARD']._serialized_start=56
   _globals['_SHARD']._serialized_end=102
   _globals['_ANNOUNCEREQUEST']._serialized_start=104
@@ -60,25 +60,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUTVALUERESPONSE']._serialized_start=836
   _globals['_PUTVALUERESPONSE']._serialized_end=873
   _globals['_GETVALUEREQUEST']._serialized_start=875
-  _globals['_GETVALUEREQUEST']._serialized_end=905
-  _globals['_GETVALUERESPONSE']._serialized_start=907
-  _globals['_GETVALUERESPONSE']._serialized_end=955
-  _globals['_GETNODEINFOREQUEST']._serialized_start=957
-  _globals['_GETNODEINFOREQUEST']._serialized_end=977
-  _globals['_SETMODEREQUEST']._serialized_start=979
-  _globals['_SETMODEREQUEST']._serialized_end=1030
-  _globals['_NODEINFO']._serialized_start=1033
-  _globals['_NODEINFO']._serialized_end=1329
-  _globals['_LISTROUTINGTABLEREQUEST']._serialized_start=1331
-  _globals['_LISTROUTINGTABLEREQUEST']._serialized_end=1356
-  _globals['_ROUTINGPEER']._serialized_start=1358
-  _globals['_ROUTINGPEER']._serialized_end=1450
-  _globals['_LISTROUTINGTABLERESPONSE']._serialized_start=1452
-  _globals['_LISTROUTINGTABLERESPONSE']._serialized_end=1521
-  _globals['_CONNECTREQUEST']._serialized_start=1523
-  _globals['_CONNECTREQUEST']._serialized_end=1558
-  _globals['_CONNECTRESPONSE']._serialized_start=1560
-  _globals['_CONNECTRESPONSE']._serialized_end=1614
-  _globals['_SHARDROUTE']._serialized_start=1681
-  _globals['_SHARDROUTE']._serialized_end=2569
+  _globals['_GETVALUEREQUEST']._serialized_end=921
+  _globals['_GETVALUERESPONSE']._serialized_start=923
+  _globals['_GETVALUERESPONSE']._serialized_end=971
+  _globals['_GETNODEINFOREQUEST']._serialized_start=973
+  _globals['_GETNODEINFOREQUEST']._serialized_end=993
+  _globals['_SETMODEREQUEST']._serialized_start=995
+  _globals['_SETMODEREQUEST']._serialized_end=1046
+  _globals['_NODEINFO']._serialized_start=1049
+  _globals['_NODEINFO']._serialized_end=1345
+  _globals['_LISTROUTINGTABLEREQUEST']._serialized_start=1347
+  _globals['_LISTROUTINGTABLEREQUEST']._serialized_end=1372
+  _globals['_ROUTINGPEER']._serialized_start=1374
+  _globals['_ROUTINGPEER']._serialized_end=1466
+  _globals['_LISTROUTINGTABLERESPONSE']._serialized_start=1468
+  _globals['_LISTROUTINGTABLERESPONSE']._serialized_end=1537
+  _globals['_CONNECTREQUEST']._serialized_start=1539
+  _globals['_CONNECTREQUEST']._serialized_end=1574
+  _globals['_CONNECTRESPONSE']._serialized_start=1576
+  _globals['_CONNECTRESPONSE']._serialized_end=1630
+  _globals['_SHARDROUTE']._serialized_start=1697
+  _globals['_SHARDROUTE']._serialized_end=2585
 # @@protoc_insertion_point(module_scope)

@@ -121,10 +121,12 @@ class PutValueResponse(_message.Message):
     def __init__(self, stored_on: _Optional[int] = ...) -> None: ...
 
 class GetValueRequest(_message.Message):
-    __slots__ = ("key",)
+    __slots__ = ("key", "quorum")
     KEY_FIELD_NUMBER: _ClassVar[int]
+    QUORUM_FIELD_NUMBER: _ClassVar[int]
     key: bytes
-    def __init__(self, key: _Optional[bytes] = ...) -> None: ...
+    quorum: int
+    def __init__(self, key: _Optional[bytes] = ..., quorum: _Optional[int] = ...) -> None: ...
 
 class GetValueResponse(_message.Message):
     __slots__ = ("found", "value")
