@@ -1,7 +1,14 @@
-"""CIDs and shard hashes, and the DHT key of a CID (multiformats cid, multibase, multihash).
+"""CIDs and shard hashes, and the DHT key of a CID, through the multiformats libraries the user
+chose: py-cid (and its py-multibase, py-multicodec) and py-multihash.
 
 A shard is named by the SHA-256 of its bytes; as a CID that is CIDv1 raw sha2-256. Provider
 records are keyed by the CID's multihash, so v0, v1 and any codec of one digest meet.
+
+Fast paths. py-cid takes about 85 µs to parse a CID and its encoder as long to print one; the
+API parses a CID per find and prints one per announced shard. The canonical text of a sha2-256
+CIDv1 (lowercase base32, `bafk…`/`bafy…`) is therefore read and written by hand; every other
+form goes through the libraries, and a property test (tests/test_content.py) holds the fast
+paths to the libraries' answers on every input.
 """
 
 from __future__ import annotations
@@ -9,72 +16,51 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from shardroute.errors import InvalidCid, VarintError
-from shardroute.identity.base58 import b58decode, b58encode
-from shardroute.protocol.varint import encode_uvarint, read_uvarint_exact
+import base58
+import cid as pycid
+import multihash
+from multicodec.constants import CODE_TABLE, NAME_TABLE
+
+from shardroute.errors import InvalidCid
 
 RAW_CODEC = 0x55
 DAG_PB_CODEC = 0x70
 SHA2_256 = 0x12
 MAX_CID_BYTES = 256
+_SHA256_PREFIX = b"\x12\x20"
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-def _b32decode(text: str) -> bytes:
-    padded = text.upper() + "=" * (-len(text) % 8)
-    return base64.b32decode(padded)
-
-
-def _b36decode(text: str) -> bytes:
-    text = text.lower()
-    n = 0
-    for char in text:
-        digit = _B36.find(char)
-        if digit < 0:
-            raise ValueError(f"invalid base36 character {char!r}")
-        n = n * 36 + digit
-    zeros = len(text) - len(text.lstrip("0"))
-    return b"\x00" * zeros + (n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b"")
-
-
-def _b64decode(text: str, alphabet: bytes | None) -> bytes:
-    padded = text + "=" * (-len(text) % 4)
-    return base64.b64decode(padded, altchars=alphabet, validate=True)
-
-
-_MULTIBASE: dict[str, Callable[[str], bytes]] = {
-    "b": lambda t: _b32decode(t) if t == t.lower() else _fail("base32 must be lowercase"),
-    "B": lambda t: _b32decode(t) if t == t.upper() else _fail("base32upper must be uppercase"),
-    "z": b58decode,
-    "k": lambda t: _b36decode(t) if t == t.lower() else _fail("base36 must be lowercase"),
-    "K": lambda t: _b36decode(t) if t == t.upper() else _fail("base36upper must be uppercase"),
-    "f": lambda t: bytes.fromhex(t) if t == t.lower() else _fail("base16 must be lowercase"),
-    "F": lambda t: bytes.fromhex(t) if t == t.upper() else _fail("base16upper must be uppercase"),
-    "m": lambda t: _b64decode(t, None),
-    "u": lambda t: _b64decode(t, b"-_"),
-}
-
-
-def _fail(message: str) -> bytes:
-    raise ValueError(message)
+# "b" + the 58 base32 characters of 36 bytes: version, a one-byte codec, a sha2-256 multihash.
+_CANONICAL_LEN = 59
+_BASE32 = re.compile(r"b[a-z2-7]{58}")
 
 
 def parse_multihash(data: bytes) -> tuple[int, bytes]:
-    """(hash code, digest); the declared length must match the bytes exactly."""
+    """(hash code, digest); the declared length must match the bytes exactly, and a sha2-256
+    digest must be whole (no truncated ones: providers of one shard must meet on one key)."""
     try:
-        code, pos = read_uvarint_exact(data, 0)
-        length, pos = read_uvarint_exact(data, pos)
-    except VarintError as exc:
-        raise InvalidCid(f"malformed multihash: {exc}") from exc
-    if len(data) - pos != length:
-        raise InvalidCid(f"multihash declares a {length}-byte digest but carries {len(data) - pos}")
-    if code == SHA2_256 and length != 32:
-        raise InvalidCid(f"sha2-256 digest must be 32 bytes, not {length}")
-    return code, data[pos:]
+        decoded = multihash.decode(bytes(data))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidCid(f"malformed multihash: {exc}") from None
+    if decoded.code == SHA2_256 and len(decoded.digest) != 32:
+        raise InvalidCid(f"sha2-256 digest must be 32 bytes, not {len(decoded.digest)}")
+    return int(decoded.code), bytes(decoded.digest)
+
+
+def _fast_canonical(text: str) -> ContentId | None:
+    """The canonical base32 sha2-256 CIDv1, read by hand; None for anything else."""
+    if len(text) != _CANONICAL_LEN or not _BASE32.fullmatch(text):
+        return None
+    try:
+        data = base64.b32decode(text[1:].upper() + "======")
+    except binascii.Error:
+        return None
+    if data[0] != 1 or data[1] >= 0x80 or data[2:4] != _SHA256_PREFIX or len(data) != 36:
+        return None
+    if data[1] not in CODE_TABLE:
+        return None
+    return ContentId(1, data[1], data[2:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,50 +70,47 @@ class ContentId:
     multihash: bytes
 
     @classmethod
+    def _from_library(cls, parsed: pycid.CIDv0 | pycid.CIDv1) -> ContentId:
+        codec = NAME_TABLE.get(parsed.codec)
+        if codec is None:
+            raise InvalidCid(f"unknown codec {parsed.codec!r}")
+        mh = bytes(parsed.multihash)
+        parse_multihash(mh)
+        return cls(int(parsed.version), int(codec), mh)
+
+    @classmethod
     def from_bytes(cls, data: bytes) -> ContentId:
         if not data:
             raise InvalidCid("empty CID")
         if len(data) > MAX_CID_BYTES:
             raise InvalidCid(f"CID of {len(data)} bytes is too long")
-        if len(data) == 34 and data[:2] == b"\x12\x20":
-            return cls(0, DAG_PB_CODEC, bytes(data))
         try:
-            version, pos = read_uvarint_exact(data, 0)
-            if version != 1:
-                raise InvalidCid(f"unsupported CID version {version}")
-            codec, pos = read_uvarint_exact(data, pos)
-        except VarintError as exc:
-            raise InvalidCid(f"malformed CID: {exc}") from exc
-        multihash = bytes(data[pos:])
-        parse_multihash(multihash)
-        return cls(1, codec, multihash)
+            parsed = pycid.from_bytes(bytes(data))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidCid(f"not a CID: {exc}") from None
+        return cls._from_library(parsed)
 
     @classmethod
     def parse(cls, text: str) -> ContentId:
         text = text.strip()
         if not text:
             raise InvalidCid("empty CID")
-        if len(text) == 46 and text.startswith("Qm"):
-            try:
-                return cls.from_bytes(b58decode(text))
-            except ValueError as exc:
-                raise InvalidCid(f"invalid CIDv0 {text!r}: {exc}") from exc
-        decoder = _MULTIBASE.get(text[0])
-        if decoder is None:
-            raise InvalidCid(f"{text!r} is not a CID: unknown multibase prefix {text[0]!r}")
+        fast = _fast_canonical(text)
+        if fast is not None:
+            return fast
+        if len(text) > 2 * MAX_CID_BYTES:
+            raise InvalidCid(f"{text[:32]!r}…: too long for a CID")
         try:
-            data = decoder(text[1:])
-        except (ValueError, binascii.Error) as exc:
-            raise InvalidCid(f"{text!r} is not a CID: {exc}") from exc
-        if data[:1] == b"\x12":
-            raise InvalidCid(f"{text!r}: a CIDv0 cannot be multibase-encoded")
-        return cls.from_bytes(data)
+            parsed = pycid.make_cid(text)
+        except (ValueError, TypeError, KeyError, binascii.Error) as exc:
+            raise InvalidCid(f"{text!r} is not a CID: {str(exc).rstrip('.')}") from None
+        return cls._from_library(parsed)
 
     @classmethod
     def from_shard_hash(cls, digest: bytes) -> ContentId:
         if len(digest) != 32:
             raise InvalidCid(f"a shard hash is 32 bytes of SHA-256, not {len(digest)}")
-        return cls(1, RAW_CODEC, b"\x12\x20" + digest)
+        return cls(1, RAW_CODEC, _SHA256_PREFIX + digest)
 
     @classmethod
     def parse_cid_or_hash(cls, text: str) -> ContentId:
@@ -140,15 +123,23 @@ class ContentId:
     def to_bytes(self) -> bytes:
         if self.version == 0:
             return self.multihash
-        return encode_uvarint(1) + encode_uvarint(self.codec) + self.multihash
+        return bytes(self._library().buffer)
+
+    def _library(self) -> pycid.CIDv0 | pycid.CIDv1:
+        if self.version == 0:
+            return pycid.CIDv0(self.multihash)
+        return pycid.CIDv1(CODE_TABLE[self.codec], self.multihash)
 
     def to_v1(self) -> ContentId:
         return ContentId(1, self.codec, self.multihash)
 
     def __str__(self) -> str:
         if self.version == 0:
-            return b58encode(self.multihash)
-        return "b" + base64.b32encode(self.to_bytes()).decode().lower().rstrip("=")
+            return str(base58.b58encode(self.multihash).decode())
+        if self.codec < 0x80 and self.multihash[:2] == _SHA256_PREFIX and len(self.multihash) == 34:
+            data = bytes([1, self.codec]) + self.multihash
+            return "b" + base64.b32encode(data).decode().lower().rstrip("=")
+        return str(self._library().encode("base32").decode())
 
     @property
     def dht_key(self) -> bytes:

@@ -74,3 +74,58 @@ def test_text_fuzz(text: str) -> None:
         ContentId.parse_cid_or_hash(text)
     except InvalidCid:
         pass
+
+
+# -- the fast paths agree with the libraries -------------------------------------------------
+
+BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+def library_parse(text: str) -> ContentId | None:
+    """What py-cid (with py-multihash) makes of `text`, bypassing every fast path."""
+    import cid as pycid
+
+    try:
+        return ContentId._from_library(pycid.make_cid(text))
+    except (ValueError, TypeError, KeyError, InvalidCid):
+        return None
+
+
+def fast_or_none(text: str) -> ContentId | None:
+    from shardroute.content import _fast_canonical
+
+    return _fast_canonical(text)
+
+
+@given(st.binary(min_size=32, max_size=32), st.sampled_from([0x55, 0x70, 0x71, 0x72, 0x0129]))
+def test_canonical_text_is_what_py_cid_prints_and_reads(digest: bytes, codec: int) -> None:
+    import cid as pycid
+    from multicodec.constants import CODE_TABLE
+
+    ours = ContentId(1, codec, b"\x12\x20" + digest)
+    theirs = pycid.CIDv1(CODE_TABLE[codec], b"\x12\x20" + digest).encode("base32").decode()
+    assert str(ours) == theirs
+    assert ContentId.parse(theirs) == ours == library_parse(theirs)
+
+
+@given(st.text(alphabet=BASE32, min_size=58, max_size=58))
+def test_the_fast_parse_never_accepts_what_the_library_would_not(body: str) -> None:
+    text = "b" + body
+    theirs = library_parse(text)
+    fast = fast_or_none(text)
+    if fast is not None:
+        assert fast == theirs
+    if theirs is None:
+        with pytest.raises(InvalidCid):
+            ContentId.parse(text)
+    else:
+        assert ContentId.parse(text) == theirs
+
+
+@given(st.text(min_size=1, max_size=80))
+def test_any_text_parses_or_is_an_invalid_cid(text: str) -> None:
+    try:
+        parsed = ContentId.parse(text)
+    except InvalidCid:
+        return
+    assert parsed == library_parse(text.strip())

@@ -6,8 +6,9 @@ import functools
 import hashlib
 from dataclasses import dataclass
 
+import base58
+
 from shardroute.errors import InvalidKey, InvalidPeerId, VarintError
-from shardroute.identity.base58 import b58decode, b58encode
 from shardroute.identity.keys import PublicKey
 from shardroute.protocol.varint import read_uvarint_exact
 
@@ -17,9 +18,12 @@ SHA2_256_CODE = 0x12
 MAX_INLINE_KEY_LENGTH = 42
 LIBP2P_KEY_CODEC = 0x72
 
+
 # The same few thousand peers are printed over and over (API replies, logs); base58 of a
 # 38-byte ID is a big-integer loop of ~50 divisions.
-_base58_of = functools.lru_cache(maxsize=4096)(b58encode)
+@functools.lru_cache(maxsize=4096)
+def _base58_of(raw: bytes) -> str:
+    return str(base58.b58encode(raw).decode())
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -67,7 +71,7 @@ class PeerId:
             raise InvalidPeerId("empty peer ID")
         if text.startswith(("1", "Qm")):
             try:
-                return cls.from_bytes(b58decode(text))
+                return cls.from_bytes(base58.b58decode(text))
             except ValueError as exc:
                 raise InvalidPeerId(f"invalid peer ID {text!r}: {exc}") from exc
         from shardroute.content import (

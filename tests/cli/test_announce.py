@@ -12,10 +12,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import base58
 import pytest
 
 from shardroute.content import ContentId
-from shardroute.identity.base58 import b58encode
 from tests.support.serve import ENV, SHARDROUTE, cli, free_port, serve
 
 pytestmark = pytest.mark.network
@@ -31,7 +31,7 @@ def shard_lines(count: int) -> list[str]:
         elif i % 4:
             lines.append(str(ContentId.from_shard_hash(digest)))
         else:
-            lines.append(b58encode(b"\x12\x20" + digest))
+            lines.append(base58.b58encode(b"\x12\x20" + digest).decode())
     return lines
 
 
