@@ -23,7 +23,7 @@ import dns.asyncresolver
 import prometheus_client
 from multiaddr import Multiaddr
 
-from shardroute import __version__
+from shardroute import __version__, limits
 from shardroute.addrs import parse_multiaddr, with_p2p
 from shardroute.api.backend import NodeStatus, RoutingEntry
 from shardroute.api.server import ApiServer
@@ -52,6 +52,7 @@ from shardroute.maintenance.state import count_records, save_routing_table
 from shardroute.net.addresses import AnnouncePolicy, LocalAddresses, parse_cidr
 from shardroute.net.host import Host, HostLimits
 from shardroute.net.muxer import Direction
+from shardroute.net.resources import ResourceLimits
 from shardroute.net.transport import bind_failure
 from shardroute.node import Node
 from shardroute.obs.metrics import Metrics, MetricsAdapter
@@ -101,7 +102,7 @@ class App(Service):
             listen_addrs=[parse_multiaddr(a) for a in settings.listen],
             clock=clock,
             host_limits=HostLimits(
-                max_connections=settings.max_connections,
+                resources=resource_limits(settings),
                 max_streams_per_connection=settings.max_streams_per_connection,
             ),
             agent_version=AGENT_VERSION,
@@ -349,6 +350,18 @@ class App(Service):
     async def connect(self, addr: Multiaddr) -> tuple[PeerId, bool]:
         peer = await self.node.connect(addr)
         return peer, peer in self.dht.routing_table
+
+
+def resource_limits(settings: Settings) -> ResourceLimits:
+    """The resource manager's budgets: the defaults of `limits`, scaled to `max_connections`."""
+    total = settings.max_connections
+    return ResourceLimits(
+        connections=total,
+        inbound_connections=min(limits.MAX_INBOUND_CONNECTIONS, total),
+        outbound_connections=min(limits.MAX_OUTBOUND_CONNECTIONS, total),
+        reserved_connections=min(limits.RESERVED_CONNECTIONS, total // 4),
+        exempt_loopback=settings.exempt_loopback_limits,
+    )
 
 
 async def _shielded(close: Callable[..., Awaitable[object]], *args: object) -> None:

@@ -52,6 +52,9 @@ class Settings:
     provider_addr_ttl: float = 12 * 3600.0
     expiry_interval: float = 600.0
     max_providers_per_key: int = 100
+    max_records_per_peer: int = limits.KAD_MAX_RECORDS_PER_PEER
+    max_records_per_ip_group: int = limits.KAD_MAX_RECORDS_PER_IP_GROUP
+    max_providers_per_key_per_group: int = limits.KAD_MAX_PROVIDERS_PER_KEY_PER_GROUP
     value_quorum: int = 0
     diversity_filter: bool = True
     diversity_exempt_private: bool = True
@@ -60,6 +63,9 @@ class Settings:
     log_level: str = "info"
     log_format: LogFormat = "text"
     max_connections: int = limits.MAX_CONNECTIONS
+    # Per-address budgets (connections, pending upgrades, records per key) spare loopback
+    # peers, which are this host's own processes; a test network of one host turns it off.
+    exempt_loopback_limits: bool = True
     max_streams_per_connection: int = limits.YAMUX_MAX_STREAMS
     announce_batch_limit: int = 10_000
 
@@ -78,6 +84,9 @@ _POSITIVE_INTS = {
     "alpha",
     "beta",
     "max_providers_per_key",
+    "max_records_per_peer",
+    "max_records_per_ip_group",
+    "max_providers_per_key_per_group",
     "max_connections",
     "max_streams_per_connection",
     "announce_batch_limit",

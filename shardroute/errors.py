@@ -99,6 +99,14 @@ class StoreError(ShardrouteError):
     """The database cannot be opened or migrated: not SQLite, or from a newer shardroute."""
 
 
+class StoreFull(StoreError):
+    """The disk holding the database is full: nothing more can be written until space returns."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be written (a read-only file or file system, an I/O error)."""
+
+
 class InvalidRecord(ShardrouteError):
     """A DHT record failed validation for its namespace."""
 
@@ -109,6 +117,10 @@ class KadRequestFailed(ShardrouteError):
 
 class KadMessageError(RemoteProtocolError):
     """A DHT message that does not decode, or has an unknown type."""
+
+
+class RequestRefused(ShardrouteError):
+    """A peer's request is over one of its budgets (a rate, a quota): refused, counted."""
 
 
 class KadRequestRejected(ShardrouteError):

@@ -57,9 +57,39 @@ DIAL_TIMEOUT = 15.0
 UPGRADE_TIMEOUT = 15.0
 STREAM_NEGOTIATION_TIMEOUT = 10.0
 
-# Host-wide caps (our choice for a sidecar: a few hundred peers at most).
+# Resource manager budgets (net/resources.py). Our choices for a sidecar that talks to a few
+# hundred peers at most, sized so that one hostile address cannot take what others need.
 MAX_CONNECTIONS = 512
+MAX_INBOUND_CONNECTIONS = 384
+MAX_OUTBOUND_CONNECTIONS = 384
+# Of MAX_CONNECTIONS, slots only routing-table peers and our own dials may take.
+RESERVED_CONNECTIONS = 64
+# go-libp2p's connection limiter allows 8 per IPv4 /32; NATs put a few nodes behind one address.
+MAX_CONNECTIONS_PER_IP = 16
+# Sockets still negotiating security: everyone's, and one address's share of them.
 MAX_INBOUND_PENDING = 64
+MAX_INBOUND_PENDING_PER_IP = 8
+# Streams of one peer (go-libp2p's default peer scope allows 256 inbound).
+MAX_INBOUND_STREAMS_PER_PEER = 256
+MAX_OUTBOUND_STREAMS_PER_PEER = 256
+# Inbound streams of one protocol of one peer: a DHT peer has a handful of requests in flight.
+MAX_INBOUND_STREAMS_PER_PROTOCOL = 64
+# Bytes received but not yet read by a handler (Yamux stream buffers), all and per peer.
+MAX_BUFFER_MEMORY = 256 * MIB
+MAX_BUFFER_MEMORY_PER_PEER = 16 * MIB
+
+# Connection manager (go-libp2p connmgr defaults: 160 low, 192 high, 1 min grace).
+CONNMGR_LOW_WATER = 160
+CONNMGR_HIGH_WATER = 192
+CONNMGR_GRACE = 60.0
+# A connection without streams for this long is closed unless its peer is protected.
+CONNECTION_IDLE_TIMEOUT = 300.0
+# A write that makes no progress for this long ends its connection (the peer stopped reading).
+WRITE_TIMEOUT = 20.0
+# Stream writers wait while this much is queued for the socket (bounded output per connection).
+YAMUX_OUTPUT_HIGH_WATER = 1 * MIB
+# Frames queued for a peer that does not read (pongs, window updates): past this it is closed.
+YAMUX_MAX_QUEUED_OUTPUT = 4 * MIB
 
 # Kademlia core (kad-dht.md §3). k, alpha, beta: libp2p/specs kad-dht README and go-libp2p-kad-dht.
 KAD_K = 20
@@ -76,6 +106,31 @@ KAD_DIVERSITY_PER_TABLE = 3
 
 # PUT_VALUE / ADD_PROVIDER to one peer (go-libp2p-kad-dht: 30 s for a put to one peer).
 KAD_PUT_TIMEOUT = 30.0
+
+# The DHT server's deadlines (go resets a stream idle for 1 min; the rest are our choices):
+# a request, once begun, must arrive within KAD_READ_TIMEOUT, be handled within
+# KAD_HANDLE_TIMEOUT, and its answer written within WRITE_TIMEOUT.
+KAD_IDLE_TIMEOUT = 60.0
+KAD_READ_TIMEOUT = 10.0
+KAD_HANDLE_TIMEOUT = 30.0
+
+# Per-peer request rates (requests/s, burst), our choice: well above what a lookup asks of one
+# peer, and ADD_PROVIDER above what a republish of a large node sends one peer in a burst.
+KAD_RATE_LOOKUPS = (50.0, 200.0)
+KAD_RATE_PUT_VALUE = (10.0, 50.0)
+KAD_RATE_ADD_PROVIDER = (2000.0, 20000.0)
+KAD_RATE_PING = (10.0, 50.0)
+KAD_RATE_TRACKED_PEERS = 4096
+
+# Provider-record quotas (our choice; go has none). A provider with 250,000 shards in a network
+# of 20 or more nodes gives each node at most that many; a Sybil network shares one group's.
+KAD_MAX_RECORDS_PER_PEER = 250_000
+KAD_MAX_RECORDS_PER_IP_GROUP = 500_000
+# Providers of one key from one IP group (as the diversity filter's 3 per table).
+KAD_MAX_PROVIDERS_PER_KEY_PER_GROUP = 3
+# Group commit of received records: at most this many, waiting at most this long for company.
+KAD_GROUP_COMMIT_RECORDS = 500
+KAD_GROUP_COMMIT_DELAY = 0.005
 
 # Kademlia messages and records (kad-dht.md §1, §3, §7; go-libp2p-kad-dht handlers.go).
 # Closer peers taken from one answer: go truncates longer lists at 2k.

@@ -3,6 +3,7 @@
 - the mode decides whether the host serves the DHT protocol (the handler is installed or
   removed, and identify push tells connected peers);
 - identify results (the host's `PeerIdentified` events) are offered to the routing table;
+- routing-table peers are the host's protected peers (connection reserve, never trimmed);
 - dialing a peer by hand or from the saved table waits for identify, so the table has decided
   on the peer by the time the call returns.
 """
@@ -38,6 +39,8 @@ class Node:
         self._server_handler = make_server_handler(dht.handler, metrics=metrics)
         # Subscribed now, before any connection exists, so no identify result is missed.
         self._identified = host.subscribe_identified()
+        # Routing-table peers keep the connection reserve and are never trimmed as idle.
+        host.resources.protected = dht.routing_table.__contains__
 
     @property
     def peer_id(self) -> PeerId:

@@ -20,6 +20,7 @@ PURE = [
     "shardroute.kad.cbor",
     "shardroute.kad.config",
     "shardroute.kad.diversity",
+    "shardroute.kad.fairness",
     "shardroute.kad.handler",
     "shardroute.kad.keyspace",
     "shardroute.kad.lookup",

@@ -29,6 +29,9 @@ class DhtConfig:
     # How long a server hands out a provider's addresses (capped at the record's TTL).
     provider_addr_ttl: float = _DEFAULTS.provider_addr_ttl
     max_providers_per_key: int = _DEFAULTS.max_providers_per_key
+    max_records_per_peer: int = _DEFAULTS.max_records_per_peer
+    max_records_per_ip_group: int = _DEFAULTS.max_records_per_ip_group
+    max_providers_per_key_per_group: int = _DEFAULTS.max_providers_per_key_per_group
     mode: Mode = _DEFAULTS.mode
     diversity: bool = _DEFAULTS.diversity_filter
     diversity_exempt_private: bool = _DEFAULTS.diversity_exempt_private
@@ -66,6 +69,9 @@ class DhtConfig:
             provider_ttl=settings.provider_ttl,
             provider_addr_ttl=settings.provider_addr_ttl,
             max_providers_per_key=settings.max_providers_per_key,
+            max_records_per_peer=settings.max_records_per_peer,
+            max_records_per_ip_group=settings.max_records_per_ip_group,
+            max_providers_per_key_per_group=settings.max_providers_per_key_per_group,
             mode=settings.mode,
             diversity=settings.diversity_filter,
             diversity_exempt_private=settings.diversity_exempt_private,

@@ -24,7 +24,9 @@ from shardroute.clock import Clock
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.config import DhtConfig, Mode
 from shardroute.kad.context import KadContext
-from shardroute.kad.handler import KadHandler
+from shardroute.kad.fairness import RequestLimiter, default_quota
+from shardroute.kad.handler import KadHandler, RefusalReports
+from shardroute.kad.intake import ProviderIntake
 from shardroute.kad.lookup_runner import LookupMetrics, LookupRunner
 from shardroute.kad.messages import KadMessage, MessageType, PeerInfo
 from shardroute.kad.providers import ProvideMetrics, ProviderRouting
@@ -44,7 +46,9 @@ log = logging.getLogger(__name__)
 __all__ = ["Dht", "DhtConfig", "DhtMetrics", "Mode"]
 
 
-class DhtMetrics(LookupMetrics, RequestMetrics, TableMetrics, ProvideMetrics, Protocol):
+class DhtMetrics(
+    LookupMetrics, RequestMetrics, TableMetrics, ProvideMetrics, RefusalReports, Protocol
+):
     """What the Dht reports; the composition root adapts `obs.metrics` to it."""
 
 
@@ -77,6 +81,14 @@ class Dht(Service):
         context = KadContext(self.keeper, self.runner, self.requests, config, clock)
         self._providers = ProviderRouting(context, providers, metrics)
         self._values = ValueRouting(context, values, validator)
+        self.intake = ProviderIntake(
+            providers,
+            default_quota(
+                per_peer=config.max_records_per_peer,
+                per_group=config.max_records_per_ip_group,
+                per_key_per_group=config.max_providers_per_key_per_group,
+            ),
+        )
         self.handler = KadHandler(
             self_id=self.self_id,
             providers=providers,
@@ -85,6 +97,9 @@ class Dht(Service):
             peers=self.keeper,
             clock=clock,
             config=config,
+            intake=self.intake,
+            limiter=RequestLimiter(clock.monotonic),
+            refusals=metrics,
         )
         self._mode: Mode = config.mode
 

@@ -2,7 +2,10 @@
 
 `KadHandler.handle` returns the reply, None for ADD_PROVIDER (never answered), or raises
 KadRequestRejected where go resets the stream: missing fields, a key too long, an invalid or
-worse record, an ADD_PROVIDER with nothing usable. Nothing invalid reaches a store. Closer
+worse record, an ADD_PROVIDER with nothing usable. Nothing invalid reaches a store. A peer over
+its request rate gets RequestRefused (the stream is reset too); received provider records go
+through a `ProviderSink` (the group commit) under the provider-record quotas, and a store that
+cannot write refuses them (StoreError) without touching the connection. Closer
 peers never include the requester or ourselves, except the FIND_NODE target, which goes first
 when we know its addresses. Answers pass through `fit_reply` (rust's 16 KiB).
 """
@@ -16,8 +19,9 @@ from typing import TYPE_CHECKING, Protocol
 from multiaddr import Multiaddr
 
 from shardroute import limits
-from shardroute.errors import InvalidPeerId, InvalidRecord, KadRequestRejected
+from shardroute.errors import InvalidPeerId, InvalidRecord, KadRequestRejected, RequestRefused
 from shardroute.identity.peer_id import PeerId
+from shardroute.kad.fairness import RequestLimiter
 from shardroute.kad.messages import (
     KadMessage,
     MessageType,
@@ -27,7 +31,13 @@ from shardroute.kad.messages import (
     format_rfc3339,
 )
 from shardroute.kad.records import Validator
-from shardroute.kad.repositories import ProviderRecord, ProviderStore, ValueStore
+from shardroute.kad.repositories import (
+    ProviderRecord,
+    ProviderStore,
+    ReceivedRecord,
+    Refusal,
+    ValueStore,
+)
 
 if TYPE_CHECKING:  # the handler stays free of anyio, which the clock module imports
     from shardroute.clock import Clock
@@ -53,6 +63,29 @@ class PeerDirectory(Protocol):
         """Of the addresses `peer` told us, those we keep."""
         ...
 
+    def source_group(self, peer: PeerId) -> str | None:
+        """The IP group `peer`'s connection comes from; None when exempt from group limits."""
+        ...
+
+
+class ProviderSink(Protocol):
+    """Where received provider records are written (`kad.intake.ProviderIntake`)."""
+
+    async def submit(self, item: ReceivedRecord) -> Refusal | None: ...
+
+
+class RefusalReports(Protocol):
+    def resource_refused(self, scope: str, resource: str) -> None: ...
+
+
+# The refusal metric's (scope, resource) for each reason a record is not stored.
+REFUSAL_SCOPES = {
+    Refusal.KEY_FULL: None,  # not a budget of the sender's: the key is popular
+    Refusal.PEER_QUOTA: ("peer", "provider_records"),
+    Refusal.GROUP_QUOTA: ("ip", "provider_records"),
+    Refusal.KEY_GROUP: ("ip", "provider_records"),
+}
+
 
 class KadHandler:
     def __init__(
@@ -65,6 +98,9 @@ class KadHandler:
         peers: PeerDirectory,
         clock: Clock,
         config: DhtConfig,
+        intake: ProviderSink,
+        limiter: RequestLimiter | None = None,
+        refusals: RefusalReports | None = None,
         providers_per_reply: int = limits.KAD_PROVIDERS_PER_REPLY,
     ) -> None:
         """The per-key provider cap belongs to the ProviderStore, where it is atomic with the
@@ -83,6 +119,9 @@ class KadHandler:
         self.max_key_len = limits.KAD_MAX_PROVIDER_KEY
         self.max_value_age = config.max_value_age
         self.providers_per_reply = providers_per_reply
+        self.intake = intake
+        self.limiter = limiter
+        self.refusals = refusals
         self._handlers: dict[
             MessageType, Callable[[PeerId, KadMessage], Awaitable[KadMessage | None]]
         ] = {
@@ -99,7 +138,14 @@ class KadHandler:
         handler = self._handlers.get(request.type)
         if handler is None:
             raise KadRequestRejected(f"unsupported message type {request.type!r}")
+        if self.limiter is not None and not self.limiter.allow(sender, request.type):
+            self._refused("peer", "kad_requests")
+            raise RequestRefused(f"{sender} is over its {request.type.name} rate")
         return await handler(sender, request)
+
+    def _refused(self, scope: str, resource: str) -> None:
+        if self.refusals is not None:
+            self.refusals.resource_refused(scope, resource)
 
     def _for(self, sender: PeerId, info: PeerInfo) -> PeerInfo:
         """`info` with only the addresses `sender` can use."""
@@ -174,19 +220,22 @@ class KadHandler:
         )
         if not addrs:
             raise KadRequestRejected("ADD_PROVIDER carried no address we could hand out")
-        stored = await self.providers.add_provider(
-            ProviderRecord(
-                key=request.key,
-                provider=sender,
-                addrs=addrs[: limits.KAD_MAX_ADDRS_PER_PEER],
-                received_at=now,
-                expires_at=now + self.provider_ttl,
-                addrs_expire_at=now + self.provider_addr_ttl,
-            )
+        record = ProviderRecord(
+            key=request.key,
+            provider=sender,
+            addrs=addrs[: limits.KAD_MAX_ADDRS_PER_PEER],
+            received_at=now,
+            expires_at=now + self.provider_ttl,
+            addrs_expire_at=now + self.provider_addr_ttl,
         )
-        if not stored:
-            # Not a protocol error: the key is full. No reply either way.
-            log.debug("ADD_PROVIDER from %s refused: the key holds its maximum", sender)
+        refusal = await self.intake.submit(ReceivedRecord(record, self.peers.source_group(sender)))
+        if refusal is not None:
+            # Not a protocol error (the key is full, or the sender spent its quota), and
+            # ADD_PROVIDER has no reply: the record is simply not kept.
+            log.debug("ADD_PROVIDER from %s not stored: %s", sender, refusal.value)
+            scope = REFUSAL_SCOPES[refusal]
+            if scope is not None:
+                self._refused(*scope)
         return None
 
     async def _get_value(self, sender: PeerId, request: KadMessage) -> KadMessage:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.config import DhtConfig
-from shardroute.kad.repositories import ProviderRecord, SavedPeer, StoredValue
+from shardroute.kad.repositories import (
+    ProviderQuota,
+    ProviderRecord,
+    ReceivedRecord,
+    Refusal,
+    SavedPeer,
+    StoredValue,
+)
 
 _DEFAULT_MAX_PER_KEY = DhtConfig().max_providers_per_key
 
@@ -26,6 +33,9 @@ class MemoryProviderStore:
         self._rng = rng or random.Random()
         # Per key, least recently announced first.
         self._records: dict[bytes, OrderedDict[PeerId, ProviderRecord]] = {}
+        self._groups: dict[tuple[bytes, PeerId], str] = {}  # source group of received records
+        self._per_peer: Counter[PeerId] = Counter()
+        self._per_group: Counter[str] = Counter()
 
     async def add_provider(self, record: ProviderRecord) -> bool:
         """Upsert (key, provider). A provider already listed is always refreshed; a new one
@@ -36,18 +46,76 @@ class MemoryProviderStore:
             for provider, held in list(providers.items()):
                 if held.expires_at <= record.received_at:
                     del providers[provider]
+                    self._dropped(record.key, provider)
             if len(providers) >= self.max_per_key:
                 return False
-        providers.pop(record.provider, None)
+        if providers.pop(record.provider, None) is None:
+            self._per_peer[record.provider] += 1
         providers[record.provider] = record
         return True
+
+    def _dropped(self, key: bytes, provider: PeerId) -> None:
+        self._per_peer[provider] -= 1
+        if self._per_peer[provider] <= 0:
+            del self._per_peer[provider]
+        group = self._groups.pop((key, provider), None)
+        if group is not None:
+            self._per_group[group] -= 1
+            if self._per_group[group] <= 0:
+                del self._per_group[group]
 
     async def add_providers(self, records: Sequence[ProviderRecord]) -> list[bool]:
         return [await self.add_provider(r) for r in records]
 
+    async def accept_providers(
+        self, received: Sequence[ReceivedRecord], quota: ProviderQuota
+    ) -> list[Refusal | None]:
+        outcome: list[Refusal | None] = []
+        for item in received:
+            record, group = item.record, item.source_group
+            providers = self._records.get(record.key, OrderedDict())
+            if record.provider not in providers:
+                refusal = self._refusal(record, group, quota)
+                if refusal is not None:
+                    outcome.append(refusal)
+                    continue
+            stored = await self.add_provider(record)
+            if stored and group is not None and (record.key, record.provider) not in self._groups:
+                self._groups[(record.key, record.provider)] = group
+                self._per_group[group] += 1
+            outcome.append(None if stored else Refusal.KEY_FULL)
+        return outcome
+
+    def _refusal(
+        self, record: ProviderRecord, group: str | None, quota: ProviderQuota
+    ) -> Refusal | None:
+        live = [
+            r
+            for r in self._records.get(record.key, {}).values()
+            if r.expires_at > record.received_at
+        ]
+        if len(live) >= self.max_per_key:
+            return Refusal.KEY_FULL
+        if self._per_peer[record.provider] >= quota.per_peer:
+            return Refusal.PEER_QUOTA
+        if group is None:
+            return None
+        if self._per_group[group] >= quota.per_group:
+            return Refusal.GROUP_QUOTA
+        same = sum(self._groups.get((record.key, r.provider)) == group for r in live)
+        if same >= quota.per_key_per_group:
+            return Refusal.KEY_GROUP
+        return None
+
+    async def sweep_orphans(self) -> int:
+        return 0  # counts go with their records here; nothing is left behind
+
     async def remove_provider(self, key: bytes, provider: PeerId) -> bool:
         providers = self._records.get(key)
-        return providers is not None and providers.pop(provider, None) is not None
+        if providers is None or providers.pop(provider, None) is None:
+            return False
+        self._dropped(key, provider)
+        return True
 
     async def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderRecord]:
         """Up to `limit` unexpired providers in random order (go answers in random order too),
@@ -73,6 +141,7 @@ class MemoryProviderStore:
                     break
                 if record.expires_at <= now:
                     del providers[provider]
+                    self._dropped(key, provider)
                     removed += 1
             if not providers:
                 del self._records[key]

@@ -6,6 +6,7 @@ here are wall-clock seconds (they are stored and compared across restarts).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,6 +29,33 @@ class ProviderRecord:
         if self.addrs_expire_at is not None and now >= self.addrs_expire_at:
             return ()
         return self.addrs
+
+
+class Refusal(enum.Enum):
+    """Why a received provider record was not stored."""
+
+    KEY_FULL = "key_full"  # the key holds its maximum of providers
+    PEER_QUOTA = "peer_quota"  # the provider holds its maximum of records
+    GROUP_QUOTA = "group_quota"  # the sender's IP group holds its maximum of records
+    KEY_GROUP = "key_group"  # the key holds its maximum of providers from that IP group
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderQuota:
+    """What one provider and one source IP group may make a node keep (kad/fairness.py)."""
+
+    per_peer: int
+    per_group: int
+    per_key_per_group: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedRecord:
+    """A provider record a peer gave us, with the IP group its connection came from (None:
+    exempt from group limits)."""
+
+    record: ProviderRecord
+    source_group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +84,18 @@ class ProviderStore(Protocol):
 
     async def add_providers(self, records: Sequence[ProviderRecord]) -> list[bool]:
         """Many upserts as one durable write; which were stored."""
+        ...
+
+    async def accept_providers(
+        self, received: Sequence[ReceivedRecord], quota: ProviderQuota
+    ) -> list[Refusal | None]:
+        """Records peers gave us, under the per-key cap and `quota`, as one group commit
+        (others' records, soft state: not fsync'd); per record None (stored) or why not.
+        A provider refreshing a record it already has here is never refused."""
+        ...
+
+    async def sweep_orphans(self) -> int:
+        """Forget providers that no longer have any record; how many."""
         ...
 
     async def remove_provider(self, key: bytes, provider: PeerId) -> bool: ...

@@ -23,19 +23,24 @@ from shardroute.errors import (
     KadRequestRejected,
     MessageTooLarge,
     RemoteProtocolError,
+    RequestRefused,
     ResourceLimitExceeded,
     ShardrouteError,
+    StoreError,
     StreamReset,
 )
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.handler import KadHandler
-from shardroute.kad.messages import KadMessage, PeerInfo, decode_message, encode_message
+from shardroute.kad.messages import (
+    KadMessage,
+    MessageType,
+    PeerInfo,
+    decode_message,
+    encode_message,
+)
 from shardroute.protocol.varint import LengthPrefixedReader, frame
 
 log = logging.getLogger(__name__)
-
-# go resets an inbound DHT stream after a minute without a request.
-INBOUND_IDLE_TIMEOUT = 60.0
 
 
 class Stream(Protocol):
@@ -85,6 +90,8 @@ class ServerMetrics(Protocol):
     def request_received(self, message_type: str, result: str) -> None: ...
 
     def bad_message(self, reason: str, count: int = 1) -> None: ...
+
+    def resource_refused(self, scope: str, resource: str) -> None: ...
 
 
 class StreamTransport:
@@ -176,6 +183,22 @@ async def _read_message(stream: Stream, reader: LengthPrefixedReader | None = No
             return None
 
 
+async def _read_request(stream: Stream, reader: LengthPrefixedReader) -> bytes | None:
+    """The next request: up to a minute for it to begin (go's idle timeout), then
+    `KAD_READ_TIMEOUT` for the rest, so a peer cannot hold a buffer open by trickling."""
+    with anyio.fail_after(limits.KAD_IDLE_TIMEOUT):
+        while not reader.buffered:
+            body = reader.next_message()
+            if body is not None:
+                return body
+            try:
+                reader.receive_data(await stream.receive())
+            except anyio.EndOfStream:
+                return None
+    with anyio.fail_after(limits.KAD_READ_TIMEOUT):
+        return await _read_message(stream, reader)
+
+
 def make_server_handler(
     handler: KadHandler, *, metrics: ServerMetrics | None = None
 ) -> Callable[[Stream], Awaitable[None]]:
@@ -186,8 +209,7 @@ def make_server_handler(
         reader = LengthPrefixedReader(limits.KAD_MAX_MESSAGE)
         try:
             while True:
-                with anyio.fail_after(INBOUND_IDLE_TIMEOUT):
-                    body = await _read_message(stream, reader)
+                body = await _read_request(stream, reader)
                 if body is None:
                     await stream.aclose()
                     return
@@ -197,15 +219,30 @@ def make_server_handler(
                     if metrics is not None:
                         metrics.bad_message("bad_peer_entry", request.dropped_peers)
                 try:
-                    reply = await handler.handle(sender, request)
-                except KadRequestRejected:
+                    with anyio.fail_after(limits.KAD_HANDLE_TIMEOUT):
+                        reply = await handler.handle(sender, request)
+                except (KadRequestRejected, RequestRefused):
                     if metrics is not None:
                         metrics.request_received(request.type.name, "rejected")
+                    raise
+                except StoreError as exc:
+                    # The disk is full or read-only: this request is refused, the stream and
+                    # the connection go on (reads are still served).
+                    log.warning("%s from %s not stored: %s", request.type.name, sender, exc)
+                    if metrics is not None:
+                        metrics.request_received(request.type.name, "rejected")
+                        metrics.resource_refused("store", "writes")
+                    if request.type is MessageType.ADD_PROVIDER:
+                        continue  # never answered anyway
                     raise
                 if metrics is not None:
                     metrics.request_received(request.type.name, "ok")
                 if reply is not None:
-                    await stream.send(frame(encode_message(reply)))
+                    with anyio.fail_after(limits.WRITE_TIMEOUT):
+                        await stream.send(frame(encode_message(reply)))
+        except RequestRefused as exc:
+            log.debug("refusing DHT request from %s: %s", sender, exc)
+            await stream.reset()
         except (KadMessageError, MessageTooLarge, KadRequestRejected) as exc:
             reason = {
                 KadMessageError: "undecodable",
@@ -224,6 +261,7 @@ def make_server_handler(
             DialError,
             ResourceLimitExceeded,
             RemoteProtocolError,
+            StoreError,
         ):
             await stream.reset()
 

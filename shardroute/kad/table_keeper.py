@@ -20,7 +20,7 @@ from typing import Protocol
 from anyio.abc import TaskGroup
 from multiaddr import Multiaddr
 
-from shardroute.addrs import ip_of
+from shardroute.addrs import ip_group, ip_of
 from shardroute.clock import Clock
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.address_book import AddressBook
@@ -138,6 +138,15 @@ class TableKeeper(Service):
     def accepted_from(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
         """Of the addresses `peer` told us, those we keep and pass on."""
         return self.transport.acceptable_from(peer, addrs) if addrs else ()
+
+    def source_group(self, peer: PeerId) -> str | None:
+        """The IP group `peer`'s connection really comes from (exempt ones: None), as the
+        diversity filter groups it."""
+        real = self.transport.remote_addr(peer)
+        ip = None if real is None else ip_of(real)
+        if ip is None:
+            return None
+        return ip_group(str(ip), exempt_private=self.config.diversity_exempt_private)
 
     def learn_closer(self, sender: PeerId, infos: Sequence[PeerInfo]) -> list[PeerId]:
         """Closer peers of one answer worth asking: dialable, not us, within the diversity cap."""

@@ -10,6 +10,7 @@ from typing import Protocol
 import anyio.lowlevel
 
 from shardroute.clock import Clock
+from shardroute.errors import StoreError
 from shardroute.kad.repositories import ProviderStore, ValueStore
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ class ExpirySweep:
         now = self.clock.wall()
         removed = await in_batches(self.providers.expire, now)
         await in_batches(self.values.expire, now - self.max_value_age)
+        orphans = await self.providers.sweep_orphans()
+        if orphans:
+            log.debug("forgot %d providers without records", orphans)
         if removed:
             if self.metrics is not None:
                 self.metrics.records_expired(removed)
@@ -62,5 +66,10 @@ class ExpirySweep:
 
     async def run(self) -> None:
         while True:
-            await self.sweep()
+            try:
+                await self.sweep()
+            except StoreError as exc:
+                # A full or read-only disk: try again next time; records past their TTL are
+                # never served meanwhile (reads filter on expires_at).
+                log.warning("expiry sweep failed, retrying in %.0f s: %s", self.interval, exc)
             await self.clock.sleep(self.interval)

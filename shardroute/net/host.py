@@ -1,7 +1,8 @@
 """The host: a libp2p node's connection side. It listens and dials (TCP, Noise, Yamux), keeps
 one connection per peer, routes inbound streams to protocol handlers, and runs identify and
 ping. Its parts: `transport` (TCP), `upgrader`, `dialer`, `connections` (the registry),
-`identify` (the service and its events), `peerstore`.
+`resources` (budgets), `connection_manager` (water marks, idle connections), `identify` (the
+service and its events), `peerstore`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from multiaddr import Multiaddr
 
 from shardroute import __version__, limits
-from shardroute.addrs import split_p2p, tcp_endpoint
+from shardroute.addrs import ip_of, split_p2p, tcp_endpoint
 from shardroute.clock import Clock, SystemClock
 from shardroute.errors import (
     ConnectionClosed,
@@ -33,6 +34,7 @@ from shardroute.errors import (
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
 from shardroute.net.addresses import LocalAddresses, Scope, scope_of, shareable
+from shardroute.net.connection_manager import ConnectionManager, ConnectionManagerLimits
 from shardroute.net.connections import ConnectionRegistry
 from shardroute.net.dialer import Dialer, Upgraded
 from shardroute.net.identify import IdentifyService, PeerIdentified
@@ -41,6 +43,7 @@ from shardroute.net.muxer import Direction, MuxedConnection, MuxedStream
 from shardroute.net.negotiate import handle_protocol, select_protocol
 from shardroute.net.peerstore import CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, Peerstore
 from shardroute.net.ping import PING_PROTOCOL, handle_ping, ping_round_trips
+from shardroute.net.resources import Reservation, ResourceLimits, ResourceManager
 from shardroute.net.secure import SecureChannel
 from shardroute.net.transport import listen_tcp, remote_multiaddr
 from shardroute.net.upgrader import upgrade
@@ -68,6 +71,8 @@ class NetMetrics(Protocol):
 
     def handshake_failed(self, reason: str) -> None: ...
 
+    def resource_refused(self, scope: str, resource: str) -> None: ...
+
 
 def handshake_failure_reason(exc: BaseException) -> str:
     """What kind of upgrade failure `exc` is, for the handshake-failures metric."""
@@ -82,12 +87,28 @@ def handshake_failure_reason(exc: BaseException) -> str:
 
 @dataclass(frozen=True, slots=True)
 class HostLimits:
-    max_connections: int = limits.MAX_CONNECTIONS
-    max_inbound_pending: int = limits.MAX_INBOUND_PENDING
+    resources: ResourceLimits = field(default_factory=ResourceLimits)
+    connection_manager: ConnectionManagerLimits = field(default_factory=ConnectionManagerLimits)
     max_streams_per_connection: int = limits.YAMUX_MAX_STREAMS
     dial_timeout: float = limits.DIAL_TIMEOUT
     upgrade_timeout: float = limits.UPGRADE_TIMEOUT
     negotiation_timeout: float = limits.STREAM_NEGOTIATION_TIMEOUT
+
+
+class PeerMemory:
+    """One peer's buffer memory in the resource manager, as its connection accounts it."""
+
+    __slots__ = ("_peer", "_resources")
+
+    def __init__(self, resources: ResourceManager, peer: PeerId) -> None:
+        self._resources = resources
+        self._peer = peer
+
+    def grow(self, n: int) -> bool:
+        return self._resources.grow_memory(self._peer, n)
+
+    def shrink(self, n: int) -> None:
+        self._resources.shrink_memory(self._peer, n)
 
 
 class Host:
@@ -120,10 +141,16 @@ class Host:
             on_handshake_failure=self._handshake_failed,
         )
         self.metrics = metrics
+        self.resources = ResourceManager(self.limits.resources, metrics=metrics)
+        self.connection_manager = ConnectionManager(
+            self.connections,
+            self.clock,
+            lambda peer: self.resources.protected(peer),
+            self.limits.connection_manager,
+        )
         self._listen_scopes: list[anyio.CancelScope] = []
         self._handlers: dict[str, StreamHandler] = {}
         self._pending_dials: dict[PeerId, _PendingDial] = {}
-        self._inbound_pending = 0
         self._tg: anyio.abc.TaskGroup | None = None
         self.identify = IdentifyService(self)
         self._handlers.update(self.identify.handlers())
@@ -136,6 +163,7 @@ class Host:
         try:
             for addr in self._requested_listen:
                 self.addresses.listen += await self._tg.start(self._listen, addr)
+            self._tg.start_soon(self.connection_manager.run)
         except BaseException:
             await self._shutdown()
             raise
@@ -252,14 +280,14 @@ class Host:
 
     async def _accept(self, raw: anyio.abc.SocketStream) -> None:
         remote_addr = remote_multiaddr(raw)
-        if (
-            len(self.connections) >= self.limits.max_connections
-            or self._inbound_pending >= self.limits.max_inbound_pending
-        ):
-            log.info("refusing inbound connection from %s: connection limit", remote_addr)
-            await raw.aclose()
+        ip = ip_of(remote_addr)
+        try:
+            pending = self.resources.begin_upgrade(ip)
+        except ResourceLimitExceeded as exc:
+            log.debug("refusing inbound connection from %s: %s", remote_addr, exc)
+            with anyio.CancelScope(shield=True):
+                await raw.aclose()
             return
-        self._inbound_pending += 1
         try:
             with anyio.fail_after(self.limits.upgrade_timeout):
                 channel, plaintext = await upgrade(raw, self.identity, initiator=False)
@@ -267,12 +295,20 @@ class Host:
             log.info("inbound connection from %s failed to upgrade: %r", remote_addr, exc)
             if self.metrics is not None:
                 self.metrics.handshake_failed(handshake_failure_reason(exc))
-            await raw.aclose()
+            with anyio.CancelScope(shield=True):
+                await raw.aclose()
             return
         finally:
-            self._inbound_pending -= 1
+            pending.release()
+        try:
+            held = self.resources.open_connection(channel.remote_peer, inbound=True, ip=ip)
+        except ResourceLimitExceeded as exc:
+            log.info("refusing inbound connection from %s: %s", remote_addr, exc)
+            with anyio.move_on_after(1, shield=True):
+                await channel.aclose()
+            return
         conn = self._make_connection(channel, Direction.INBOUND, remote_addr, plaintext)
-        await self._serve_connection(conn)
+        await self._serve_connection(conn, held)
 
     # ---------------------------------------------------------------- dialing
     async def dial(self, addr: Multiaddr) -> MuxedConnection:
@@ -326,8 +362,7 @@ class Host:
     def _check_can_dial(self) -> None:
         if self._tg is None:
             raise DialError("host is not running")
-        if len(self.connections) >= self.limits.max_connections:
-            raise ResourceLimitExceeded("connection limit reached")
+        self.resources.can_dial()
 
     async def _establish(self, dialed: Upgraded) -> MuxedConnection:
         """Serve a dialed connection; returns the peer's connection once it is registered."""
@@ -335,11 +370,19 @@ class Host:
             with anyio.move_on_after(1, shield=True):
                 await dialed.channel.aclose()
             raise DialError("host is not running")
+        try:
+            held = self.resources.open_connection(
+                dialed.channel.remote_peer, inbound=False, ip=ip_of(dialed.addr)
+            )
+        except ResourceLimitExceeded:
+            with anyio.move_on_after(1, shield=True):
+                await dialed.channel.aclose()
+            raise
         conn = self._make_connection(
             dialed.channel, Direction.OUTBOUND, dialed.addr, dialed.plaintext
         )
         started = anyio.Event()
-        self._tg.start_soon(self._serve_connection, conn, started)
+        self._tg.start_soon(self._serve_connection, conn, held, started)
         await started.wait()
         now = self.clock.monotonic()
         self.peerstore.add_addrs(conn.remote_peer, [dialed.addr], self.connected_addr_ttl, now)
@@ -350,8 +393,14 @@ class Host:
         self, channel: SecureChannel, direction: Direction, remote_addr: Multiaddr, plaintext: bytes
     ) -> MuxedConnection:
         conn: MuxedConnection
+        peer = channel.remote_peer
 
         def on_stream(stream: MuxedStream) -> None:
+            try:
+                stream.hold(self.resources.open_stream(peer, inbound=True))
+            except ResourceLimitExceeded:
+                stream.refuse()
+                return
             conn.spawn(self._handle_stream, stream)
 
         conn = MuxedConnection(
@@ -361,11 +410,12 @@ class Host:
             initial_plaintext=plaintext,
             on_stream=on_stream,
             max_streams=self.limits.max_streams_per_connection,
+            memory=PeerMemory(self.resources, peer),
         )
         return conn
 
     async def _serve_connection(
-        self, conn: MuxedConnection, started: anyio.Event | None = None
+        self, conn: MuxedConnection, held: Reservation, started: anyio.Event | None = None
     ) -> None:
         peer = conn.remote_peer
         dropped = self.connections.add(conn)
@@ -383,6 +433,7 @@ class Host:
             # A bug in a stream handler must not take the host down: drop this connection only.
             log.exception("connection to %s failed", peer)
         finally:
+            held.release()
             if started is not None:
                 started.set()
             self.identify.forget(conn)
@@ -433,7 +484,13 @@ class Host:
         return await self.open_stream_on(conn, protocols)
 
     async def open_stream_on(self, conn: MuxedConnection, protocols: Sequence[str]) -> MuxedStream:
-        stream = await conn.open_stream()
+        held = self.resources.open_stream(conn.remote_peer, inbound=False)
+        try:
+            stream = await conn.open_stream()
+        except BaseException:
+            held.release()
+            raise
+        stream.hold(held)
         try:
             with anyio.fail_after(self.limits.negotiation_timeout):
                 protocol, rest = await select_protocol(stream, protocols)
@@ -461,12 +518,25 @@ class Host:
             await stream.reset()
             return
         try:
+            served = self.resources.serve_protocol(stream.remote_peer, protocol)
+        except ResourceLimitExceeded as exc:
+            log.debug("%s stream from %s refused: %s", protocol, stream.remote_peer, exc)
+            await stream.reset()
+            return
+        try:
             await handler(stream)
         except (RemoteProtocolError, MultistreamError, TimeoutError) as exc:
             log.info("%s stream from %s ended: %s", protocol, stream.remote_peer, exc)
             await stream.reset()
         except (ConnectionClosed, StreamReset, anyio.EndOfStream):
             await stream.reset()
+        except ShardrouteError as exc:
+            # A handler's own failure (a store that cannot write, a limit) ends its stream,
+            # never the connection that other streams share.
+            log.warning("%s stream from %s failed: %s", protocol, stream.remote_peer, exc)
+            await stream.reset()
+        finally:
+            served.release()
 
     # ---------------------------------------------------------------- ping
     async def ping(self, peer: PeerId, count: int = 1) -> list[float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from enum import Enum
+from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -23,6 +24,7 @@ from shardroute.errors import (
     StreamReset,
 )
 from shardroute.identity.peer_id import PeerId
+from shardroute.net.resources import Reservation
 from shardroute.net.secure import SecureChannel
 from shardroute.protocol.yamux import (
     DataReceived,
@@ -45,6 +47,24 @@ class Direction(Enum):
     OUTBOUND = "outbound"
 
 
+class BufferMemory(Protocol):
+    """Where a connection accounts the bytes its streams hold unread."""
+
+    def grow(self, n: int) -> bool:
+        """False when `n` more bytes would be over budget."""
+        ...
+
+    def shrink(self, n: int) -> None: ...
+
+
+class UnlimitedMemory:
+    def grow(self, n: int) -> bool:
+        return True
+
+    def shrink(self, n: int) -> None:
+        pass
+
+
 class MuxedStream:
     """One Yamux stream as an anyio-style byte stream (receive/send/send_eof/aclose/reset)."""
 
@@ -61,6 +81,8 @@ class MuxedStream:
         self._write_closed = False
         self._gone = False
         self._changed = Wakeup()
+        self._held: list[Reservation] = []
+        self._accounted = 0  # bytes of _buffer charged to the connection's memory budget
 
     @property
     def remote_peer(self) -> PeerId:
@@ -71,12 +93,40 @@ class MuxedStream:
         """We closed or reset our side; nothing more will be read from it."""
         return self._gone
 
+    def hold(self, reservation: Reservation) -> None:
+        """Keep `reservation` for as long as the stream lives."""
+        self._held.append(reservation)
+
+    def refuse(self) -> None:
+        """Reset a stream the peer just opened, before anything reads it (over a limit)."""
+        self._reset_now()
+
+    def _release(self) -> None:
+        held, self._held = self._held, []
+        for reservation in held:
+            reservation.release()
+        # What is still buffered stays readable; it no longer counts against the peer.
+        if self._accounted:
+            self.conn.memory.shrink(self._accounted)
+            self._accounted = 0
+
+    def _discard_buffer(self) -> None:
+        self._buffer.clear()
+        if self._accounted:
+            self.conn.memory.shrink(self._accounted)
+            self._accounted = 0
+
     # -- called by the connection's reader --
     def _on_data(self, data: bytes) -> None:
         if self._gone:
             # We closed our side and stopped reading: hand the window straight back.
             self.conn.session.acknowledge_received(self.stream_id, len(data))
             return
+        if not self.conn.memory.grow(len(data)):
+            log.info("resetting stream %d of %s: over its memory", self.stream_id, self.remote_peer)
+            self._reset_now()
+            return
+        self._accounted += len(data)
         self._buffer += data
         self._changed.fire()
 
@@ -96,6 +146,8 @@ class MuxedStream:
         if data:
             self._buffer[:0] = data
             self._unacked_pushback += len(data)
+            if self.conn.memory.grow(len(data)):
+                self._accounted += len(data)
 
     # -- the application side --
     async def receive(self, max_bytes: int = 65536) -> bytes:
@@ -110,6 +162,10 @@ class MuxedStream:
         chunk = bytes(self._buffer[:max_bytes])
         del self._buffer[:max_bytes]
         credit = len(chunk)
+        if self._accounted:
+            freed = min(self._accounted, credit)
+            self._accounted -= freed
+            self.conn.memory.shrink(freed)
         if self._unacked_pushback:
             taken = min(self._unacked_pushback, credit)
             self._unacked_pushback -= taken
@@ -132,6 +188,9 @@ class MuxedStream:
                 raise StreamReset(f"stream {self.stream_id} was reset")
             if self.conn.closed:
                 raise ConnectionClosed("connection closed")
+            if self.conn.session.queued_output >= limits.YAMUX_OUTPUT_HIGH_WATER:
+                await self.conn.output_drained.wait()  # the writer took what was queued
+                continue
             taken = self.conn.session.send_data(self.stream_id, view)
             if taken:
                 view = view[taken:]
@@ -158,14 +217,17 @@ class MuxedStream:
                     self.stream_id, max(0, len(self._buffer) - self._unacked_pushback)
                 )
                 self.conn.wake_writer()
-            self._buffer.clear()
+            self._discard_buffer()
 
     async def reset(self) -> None:
+        self._reset_now()
+
+    def _reset_now(self) -> None:
         if self._reset or self.conn.closed:
             return
         self._reset = True
         self._gone = True
-        self._buffer.clear()
+        self._discard_buffer()
         try:
             self.conn.session.reset_stream(self.stream_id)
         except LocalProtocolError:
@@ -195,6 +257,9 @@ class MuxedConnection:
         max_streams: int = limits.YAMUX_MAX_STREAMS,
         keepalive_interval: float = limits.YAMUX_KEEPALIVE_INTERVAL,
         ping_timeout: float = limits.YAMUX_PING_TIMEOUT,
+        memory: BufferMemory | None = None,
+        write_timeout: float = limits.WRITE_TIMEOUT,
+        max_queued_output: int = limits.YAMUX_MAX_QUEUED_OUTPUT,
     ) -> None:
         self.channel = channel
         self.direction = direction
@@ -204,7 +269,12 @@ class MuxedConnection:
             is_client=direction is Direction.OUTBOUND, max_streams=max_streams
         )
         self.streams: dict[int, MuxedStream] = {}
+        self.memory: BufferMemory = memory or UnlimitedMemory()
+        self._write_timeout = write_timeout
+        self._max_queued_output = max_queued_output
         self.streams_changed = Wakeup()  # a stream ended
+        self.output_drained = Wakeup()  # the writer took the queued frames
+        self._sending = False
         self.closed = False
         self.close_reason: str | None = None
         self._on_stream = on_stream
@@ -233,8 +303,6 @@ class MuxedConnection:
                 tg.start_soon(self._keepalive)
                 task_status.started()
                 try:
-                    if self._initial:
-                        self._process(self._initial)
                     await self._reader()
                 finally:
                     self._mark_closed(self.close_reason or "reader ended")
@@ -292,6 +360,7 @@ class MuxedConnection:
     def _forget(self, stream_id: int) -> MuxedStream | None:
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
+            stream._release()
             self.streams_changed.fire()
         return stream
 
@@ -302,11 +371,15 @@ class MuxedConnection:
         self.close_reason = self.close_reason or reason
         for stream in list(self.streams.values()):
             stream._on_reset()
+            stream._release()
         self.streams.clear()
         self.streams_changed.fire()
         self._wake.fire()
+        self.output_drained.fire()
 
     async def _flush_now(self) -> None:
+        if self._sending:
+            return  # the writer is mid-write; it cannot be joined
         data = self.session.data_to_send()
         if data:
             try:
@@ -319,7 +392,11 @@ class MuxedConnection:
             while True:
                 data = self.session.data_to_send()
                 if data:
-                    await self.channel.send(data)
+                    self.output_drained.fire()
+                    self._sending = True
+                    with anyio.fail_after(self._write_timeout):
+                        await self.channel.send(data)
+                    self._sending = False
                     continue
                 if self.closed:
                     return
@@ -328,9 +405,16 @@ class MuxedConnection:
             self.close_reason = self.close_reason or f"write failed: {exc}"
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
+        except TimeoutError:
+            log.info("closing connection to %s: it stopped reading", self.remote_peer)
+            self.close_reason = self.close_reason or "write timed out"
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
 
     async def _reader(self) -> None:
         try:
+            if self._initial:
+                self._process(self._initial)
             while True:
                 data = await self.channel.receive()
                 self._process(data)
@@ -374,6 +458,11 @@ class MuxedConnection:
             elif isinstance(event, GoAwayReceived):
                 self.draining = True
                 self.close_reason = f"peer sent GoAway code {event.code}"
+        if self.session.queued_output > self._max_queued_output:
+            # A peer that makes us queue answers (pings, window updates) it never reads.
+            raise RemoteProtocolError(
+                f"{self.session.queued_output} bytes queued for a peer that does not read"
+            )
         self.wake_writer()
 
     async def _keepalive(self) -> None:

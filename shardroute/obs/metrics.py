@@ -47,6 +47,24 @@ MESSAGE_TYPES = ("PUT_VALUE", "GET_VALUE", "ADD_PROVIDER", "GET_PROVIDERS", "FIN
 BAD_MESSAGE_REASONS = ("undecodable", "too_large", "rejected", "bad_peer_entry")
 EVICTION_REASONS = ("unresponsive", "failures", "left_server_mode")
 HANDSHAKE_FAILURE_REASONS = ("timeout", "protocol", "peer_id_mismatch", "closed")
+# The budgets a refusal can name (net/resources.py, kad/fairness.py, the store).
+RESOURCE_REFUSALS = (
+    ("system", "connections"),
+    ("system", "inbound_connections"),
+    ("system", "outbound_connections"),
+    ("transient", "pending_upgrades"),
+    ("ip", "pending_upgrades"),
+    ("ip", "connections"),
+    ("peer", "inbound_streams"),
+    ("peer", "outbound_streams"),
+    ("protocol", "inbound_streams"),
+    ("system", "memory"),
+    ("peer", "memory"),
+    ("peer", "kad_requests"),
+    ("peer", "provider_records"),
+    ("ip", "provider_records"),
+    ("store", "writes"),
+)
 GRPC_METHODS = (
     "Announce",
     "Withdraw",
@@ -222,6 +240,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.resource_refusals_total = Counter(
+            "shardroute_resource_refusals_total",
+            "Work refused because a budget was spent (connections, streams, memory, requests,"
+            " records, store writes), by the budget's scope and resource.",
+            ["scope", "resource"],
+            registry=r,
+        )
         self.handshake_failures_total = Counter(
             "shardroute_handshake_failures_total",
             "Connection upgrades (multistream, Noise, Yamux) that failed, inbound and outbound,"
@@ -246,6 +271,8 @@ class Metrics:
         for method in GRPC_METHODS:
             self.grpc_requests_total.labels(method, "OK")
             self.grpc_request_duration_seconds.labels(method)
+        for scope, resource in RESOURCE_REFUSALS:
+            self.resource_refusals_total.labels(scope, resource)
         for counter, values in (
             (self.bad_messages_total, BAD_MESSAGE_REASONS),
             (self.evictions_total, EVICTION_REASONS),
@@ -287,6 +314,9 @@ class MetricsAdapter:
 
     def handshake_failed(self, reason: str) -> None:
         self.m.handshake_failures_total.labels(reason).inc()
+
+    def resource_refused(self, scope: str, resource: str) -> None:
+        self.m.resource_refusals_total.labels(scope, resource).inc()
 
     def records_published(self, count: int) -> None:
         self.m.provider_records_published_total.inc(count)

@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shardroute.errors import StoreError
 from shardroute.identity.peer_id import PeerId
-from shardroute.kad.repositories import ProviderRecord
+from shardroute.kad.repositories import ProviderQuota, ProviderRecord, ReceivedRecord, Refusal
 from shardroute.store.codec import pack_addrs, unpack_addrs
 from shardroute.store.repository import Repository, atomic
-from shardroute.store.schema import provider_peers, provider_records
+from shardroute.store.schema import provider_groups, provider_peers, provider_records
 
 _PROVIDERS_SQL = (
     "SELECT p.peer, r.addrs, r.received_at, r.expires_at, r.addrs_expire_at "
@@ -53,6 +53,33 @@ class SqliteProviderStore(Repository):
         return stored
 
     @atomic
+    async def accept_providers(
+        self, received: Sequence[ReceivedRecord], quota: ProviderQuota
+    ) -> list[Refusal | None]:
+        """Records from peers, each under the caps, one transaction per `WRITE_BATCH`; soft
+        state, so committed without fsync (synchronous=NORMAL: a crash of the machine may lose
+        the last few, which their providers republish; the database stays consistent)."""
+        outcome: list[Refusal | None] = []
+        try:
+            for start in range(0, len(received), WRITE_BATCH):
+                async with self.engine.begin() as conn:
+                    await conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+                    chunk = received[start : start + WRITE_BATCH]
+                    outcome += await conn.run_sync(_accept_all, chunk, self.max_per_key, quota)
+        finally:
+            async with self.engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA synchronous=FULL")
+        return outcome
+
+    @atomic
+    async def sweep_orphans(self) -> int:
+        """Delete provider_peers rows no record refers to (their counts are kept by triggers)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(delete(provider_peers).where(provider_peers.c.records <= 0))
+            await conn.execute(delete(provider_groups).where(provider_groups.c.records <= 0))
+            return int(result.rowcount or 0)
+
+    @atomic
     async def remove_provider(self, key: bytes, provider: PeerId) -> bool:
         t = provider_records
         ids = select(provider_peers.c.id).where(provider_peers.c.peer == provider.raw)
@@ -86,8 +113,7 @@ class SqliteProviderStore(Repository):
 
     @atomic
     async def expire(self, now: float, batch: int) -> int:
-        """Delete up to `batch` expired records (peers rows stay: a few bytes each, and
-        their IDs are reused when those providers announce again)."""
+        """Delete up to `batch` expired records (peers rows stay until `sweep_orphans`)."""
         t = provider_records
         async with self.engine.begin() as conn:
             doomed = select(t.c.key, t.c.provider_id).where(t.c.expires_at <= now).limit(batch)
@@ -162,3 +188,91 @@ def _upsert_all(
         conn.execute(stmt)
         stored.append(True)
     return stored
+
+
+def _provider_id(conn: Connection, peer: bytes, ids: dict[bytes, int]) -> int:
+    provider_id = ids.get(peer)
+    if provider_id is None:
+        conn.execute(insert(provider_peers).values(peer=peer).on_conflict_do_nothing())
+        provider_id = conn.scalar(select(provider_peers.c.id).where(provider_peers.c.peer == peer))
+        assert provider_id is not None
+        ids[peer] = provider_id
+    return provider_id
+
+
+def _accept_all(
+    conn: Connection,
+    received: Sequence[ReceivedRecord],
+    max_per_key: int,
+    quota: ProviderQuota,
+) -> list[Refusal | None]:
+    """`accept_providers` inside its transaction. A (key, provider) already held is
+    refreshed whatever the quotas say; a new one must fit every cap."""
+    t = provider_records
+    ids: dict[bytes, int] = {}
+    outcome: list[Refusal | None] = []
+    for item in received:
+        record, group = item.record, item.source_group
+        provider_id = _provider_id(conn, record.provider.raw, ids)
+        held = conn.scalar(
+            select(func.count())
+            .select_from(t)
+            .where(t.c.key == record.key, t.c.provider_id == provider_id)
+        )
+        if not held:
+            refusal = _refusal(conn, record, provider_id, group, max_per_key, quota)
+            if refusal is not None:
+                outcome.append(refusal)
+                continue
+        stmt = insert(t).values(
+            key=record.key,
+            provider_id=provider_id,
+            addrs=pack_addrs(record.addrs),
+            received_at=record.received_at,
+            expires_at=record.expires_at,
+            addrs_expire_at=record.addrs_expire_at,
+            source_group=group,
+        )
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[t.c.key, t.c.provider_id],
+                set_={
+                    "addrs": stmt.excluded.addrs,
+                    "received_at": stmt.excluded.received_at,
+                    "expires_at": stmt.excluded.expires_at,
+                    "addrs_expire_at": stmt.excluded.addrs_expire_at,
+                },
+            )
+        )
+        outcome.append(None)
+    return outcome
+
+
+def _refusal(
+    conn: Connection,
+    record: ProviderRecord,
+    provider_id: int,
+    group: str | None,
+    max_per_key: int,
+    quota: ProviderQuota,
+) -> Refusal | None:
+    t = provider_records
+    live_on_key = (t.c.key == record.key) & (t.c.expires_at > record.received_at)
+    if (conn.scalar(select(func.count()).select_from(t).where(live_on_key)) or 0) >= max_per_key:
+        return Refusal.KEY_FULL
+    records = conn.scalar(
+        select(provider_peers.c.records).where(provider_peers.c.id == provider_id)
+    )
+    if (records or 0) >= quota.per_peer:
+        return Refusal.PEER_QUOTA
+    if group is None:
+        return None
+    in_group = conn.scalar(select(provider_groups.c.records).where(provider_groups.c.grp == group))
+    if (in_group or 0) >= quota.per_group:
+        return Refusal.GROUP_QUOTA
+    same_group = conn.scalar(
+        select(func.count()).select_from(t).where(live_on_key, t.c.source_group == group)
+    )
+    if (same_group or 0) >= quota.per_key_per_group:
+        return Refusal.KEY_GROUP
+    return None

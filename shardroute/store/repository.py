@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import functools
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
+from sqlalchemy.exc import DBAPIError
+
+from shardroute.errors import StoreError, StoreFull, StoreUnavailable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,9 +44,33 @@ def atomic(
     async def run(self: Repo, /, *args: P.args, **kwargs: P.kwargs) -> R:
         started = time.perf_counter()
         with anyio.CancelScope(shield=True):
-            result = await fn(self, *args, **kwargs)
+            try:
+                result = await fn(self, *args, **kwargs)
+            except (DBAPIError, sqlite3.Error) as exc:
+                raise store_failure(exc, f"{self.name}.{fn.__name__}") from exc
         self._observed(fn.__name__, started)
         return result
 
     functools.update_wrapper(run, fn)
     return run
+
+
+# SQLite primary result codes (sqlite3.h) for a database that cannot take writes.
+SQLITE_READONLY = 8
+SQLITE_IOERR = 10
+SQLITE_FULL = 13
+SQLITE_CANTOPEN = 14
+
+
+def store_failure(exc: BaseException, operation: str) -> StoreError:
+    """The StoreError for a database exception: full, unwritable, or something else. The
+    transaction was rolled back; nothing of the operation was kept."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    code = getattr(orig, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(orig)
+    if primary == SQLITE_FULL or "disk is full" in text:
+        return StoreFull(f"{operation}: the disk is full ({text})")
+    if primary in (SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN) or "readonly" in text:
+        return StoreUnavailable(f"{operation}: the database cannot be written ({text})")
+    return StoreError(f"{operation}: {text}")

@@ -4,7 +4,7 @@ tables keyed by them keep a provider record near 150 bytes on disk)."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, Integer, LargeBinary, MetaData, Table
+from sqlalchemy import Column, Float, Index, Integer, LargeBinary, MetaData, Table, Text
 
 metadata = MetaData()
 
@@ -14,6 +14,8 @@ provider_peers = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("peer", LargeBinary, nullable=False, unique=True),
+    # Rows of provider_records with this provider, kept by triggers (migration 0004).
+    Column("records", Integer, nullable=False, server_default="0"),
 )
 
 # Records this node stores for other providers (ADD_PROVIDER received).
@@ -26,6 +28,18 @@ provider_records = Table(
     Column("received_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("addrs_expire_at", Float, nullable=True),
+    # The IP group of the connection a received record came over; None for our own records
+    # and for senders exempt from group limits (loopback, private space when configured).
+    Column("source_group", Text, nullable=True),
+    sqlite_with_rowid=False,
+)
+
+# Records per source IP group, kept by triggers (migration 0004).
+provider_groups = Table(
+    "provider_groups",
+    metadata,
+    Column("grp", Text, primary_key=True),
+    Column("records", Integer, nullable=False),
     sqlite_with_rowid=False,
 )
 

@@ -11,7 +11,9 @@ from shardroute.errors import KadRequestRejected
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.config import DhtConfig
+from shardroute.kad.fairness import default_quota
 from shardroute.kad.handler import KadHandler
+from shardroute.kad.intake import ProviderIntake
 from shardroute.kad.memory_repositories import MemoryProviderStore, MemoryValueStore
 from shardroute.kad.messages import (
     KadMessage,
@@ -61,10 +63,15 @@ class World:
             peers=self,
             clock=self.clock,
             config=DhtConfig(**config),
+            intake=ProviderIntake(self.providers, default_quota()),
             providers_per_reply=providers_per_reply,
         )
+        self.groups: dict[PeerId, str] = {}  # source IP groups of senders (none: exempt)
 
     # the handler's PeerDirectory: a table of 30 peers with addresses
+    def source_group(self, peer: PeerId) -> str | None:
+        return self.groups.get(peer)
+
     def peer_info(self, peer: PeerId) -> PeerInfo | None:
         if peer == self.me:
             return PeerInfo(peer, SELF_ADDR)

@@ -17,6 +17,7 @@ from shardroute.limits import YAMUX_INITIAL_WINDOW
 from shardroute.net.addresses import AnnouncePolicy
 from shardroute.net.host import Host, HostLimits
 from shardroute.net.muxer import MuxedStream
+from shardroute.net.resources import ResourceLimits
 from shardroute.protocol.identify import IDENTIFY_PROTOCOL
 
 pytestmark = pytest.mark.anyio
@@ -104,7 +105,12 @@ async def test_64_mib_over_100_concurrent_streams_arrive_byte_exact() -> None:
         await stream.send(f"{n}:{h.hexdigest()}".encode())
         await stream.aclose()
 
-    async with new_host() as a, new_host() as b:
+    # More streams of one protocol, and more unread bytes (100 full windows), than one peer
+    # gets by default.
+    roomy = HostLimits(
+        resources=ResourceLimits(inbound_streams_per_protocol=streams, memory_per_peer=64 << 20)
+    )
+    async with new_host() as a, new_host(host_limits=roomy) as b:
         b.set_stream_handler(SINK, digest_handler)
         await a.dial(parse_multiaddr(full_addr(b)))
 
@@ -285,7 +291,9 @@ async def test_identify_push_tells_connected_peers_about_new_and_removed_protoco
 
 
 async def test_connection_limit_refuses_extra_peers_and_keeps_serving() -> None:
-    async with new_host(host_limits=HostLimits(max_connections=1)) as b:
+    async with new_host(
+        host_limits=HostLimits(resources=ResourceLimits(connections=1, reserved_connections=0))
+    ) as b:
         b.set_stream_handler(ECHO, echo_handler)
         async with new_host() as a1, new_host() as a2:
             await a1.dial(parse_multiaddr(full_addr(b)))

@@ -63,7 +63,7 @@ def test_migrations_from_empty_and_from_the_previous_revision(tmp_path: Path) ->
     assert "ix_provider_records_expires_at" in tables(old)
     with sqlite3.connect(old) as db:
         assert db.execute("select value from value_records").fetchall() == [(b"v",)]
-        assert db.execute("select version_num from alembic_version").fetchone() == ("0003",)
+        assert db.execute("select version_num from alembic_version").fetchone() == ("0004",)
 
 
 async def test_provider_records_survive_a_restart_and_expire_in_batches(tmp_path: Path) -> None:

@@ -157,6 +157,11 @@ class YamuxSession:
         self.closed = False
 
     # ------------------------------------------------------------------ output
+    @property
+    def queued_output(self) -> int:
+        """Bytes framed and waiting for `data_to_send`."""
+        return len(self._out)
+
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()
