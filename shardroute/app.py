@@ -25,6 +25,7 @@ from multiaddr import Multiaddr
 
 from shardroute import __version__, limits
 from shardroute.addrs import parse_multiaddr, with_p2p
+from shardroute.api.access import ApiAccess
 from shardroute.api.backend import NodeStatus, RoutingEntry
 from shardroute.api.server import ApiServer
 from shardroute.api.service import ShardRouteService
@@ -174,10 +175,20 @@ class App(Service):
         # cannot start must not have begun anything.
         if storage is None or self._identity is None:
             stack.enter_context(DataDirLock(Path(settings.data_dir)))
+        self.access = ApiAccess.from_files(
+            token_file=settings.api_token_file,
+            tls_cert=settings.api_tls_cert,
+            tls_key=settings.api_tls_key,
+            tls_client_ca=settings.api_tls_client_ca,
+        )
+        self.access.check_exposure(
+            "grpc_listen", settings.grpc_listen, insecure=settings.insecure_api
+        )
         if settings.grpc_listen:
             self.api = ApiServer(
                 ShardRouteService(self, self.metrics, batch_limit=settings.announce_batch_limit),
                 settings.grpc_listen,
+                self.access,
             )
         if settings.metrics:
             self.metrics_port = self._serve_metrics(stack, settings.metrics)

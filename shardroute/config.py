@@ -59,6 +59,14 @@ class Settings:
     diversity_filter: bool = True
     diversity_exempt_private: bool = True
     grpc_listen: str = "127.0.0.1:7070"
+    # Who may call the API (gRPC and HTTP routing): a bearer token in a file and/or TLS
+    # (a certificate and key; with a client CA, callers need certificates too). An address
+    # other hosts can reach needs one of them unless insecure_api.
+    api_token_file: str = ""
+    api_tls_cert: str = ""
+    api_tls_key: str = ""
+    api_tls_client_ca: str = ""
+    insecure_api: bool = False
     metrics: str = "127.0.0.1:9464"
     log_level: str = "info"
     log_format: LogFormat = "text"
@@ -92,6 +100,7 @@ _POSITIVE_INTS = {
     "announce_batch_limit",
 }
 _NON_NEGATIVE_INTS = {"value_quorum"}
+_BOOLS = {f.name for f in fields(Settings) if f.type in ("bool", bool)}
 _LEVELS = {"debug", "info", "warning", "error", "critical"}
 
 
@@ -200,7 +209,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{name} ({source}): expected a whole number >= 0, got {value!r}")
         return value
-    if name in ("diversity_filter", "diversity_exempt_private", "share_private_addrs"):
+    if name in _BOOLS:
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
         if not isinstance(value, bool):

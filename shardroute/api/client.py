@@ -18,6 +18,7 @@ from types import TracebackType
 
 import grpc
 
+from shardroute.api.access import ClientCredentials
 from shardroute.pb.api.v1 import shardroute_pb2 as pb
 from shardroute.pb.api.v1 import shardroute_pb2_grpc as pb_grpc
 
@@ -104,10 +105,16 @@ def _info(m: pb.NodeInfo) -> NodeInfo:
 
 
 class AsyncClient:
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout: float = 30.0,
+        credentials: ClientCredentials | None = None,
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = (credentials or ClientCredentials()).aio_channel(address, [])
         self._stub = pb_grpc.ShardRouteStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> AsyncClient:
@@ -203,9 +210,15 @@ class AsyncClient:
 class Client:
     """The blocking twin of AsyncClient, for plain synchronous code."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout: float = 30.0,
+        credentials: ClientCredentials | None = None,
+    ) -> None:
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address)
+        self._channel = (credentials or ClientCredentials()).channel(address, [])
         self._stub = pb_grpc.ShardRouteStub(self._channel)  # type: ignore[no-untyped-call]
 
     def __enter__(self) -> Client:

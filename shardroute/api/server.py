@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from shardroute.api.access import ApiAccess
 from shardroute.api.service import ShardRouteService
 from shardroute.errors import StartupError
 from shardroute.net.transport import check_bindable
@@ -24,15 +25,19 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class ApiServer:
-    def __init__(self, service: ShardRouteService, address: str) -> None:
+    def __init__(
+        self, service: ShardRouteService, address: str, access: ApiAccess | None = None
+    ) -> None:
+        access = access or ApiAccess()
         self.server = grpc.aio.server(
+            interceptors=access.interceptors(),
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 # gRPC sets SO_REUSEPORT by default: a second node on the same port would then
                 # share it silently and answer half the calls.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         shardroute_pb2_grpc.add_ShardRouteServicer_to_server(service, self.server)  # type: ignore[no-untyped-call]
         self.health = health.aio.HealthServicer()
@@ -61,8 +66,12 @@ class ApiServer:
             ]
         )
         check_bindable("grpc_listen", address)
+        credentials = access.server_credentials()
         try:
-            self.port = self.server.add_insecure_port(address)
+            if credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, credentials)
         except RuntimeError:
             self.port = 0
         if self.port == 0:

@@ -60,6 +60,22 @@ def _serve_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         help=f"where the gRPC API listens; empty turns it off (default {d.grpc_listen})",
     )
     serve.add_argument(
+        "--api-token-file",
+        metavar="FILE",
+        help="callers of the API must send the token in FILE (authorization: Bearer <token>)",
+    )
+    serve.add_argument("--api-tls-cert", metavar="PEM", help="serve the API over TLS with this")
+    serve.add_argument("--api-tls-key", metavar="PEM", help="the TLS certificate's private key")
+    serve.add_argument(
+        "--api-tls-client-ca", metavar="PEM", help="require client certificates signed by this CA"
+    )
+    serve.add_argument(
+        "--insecure-api",
+        action="store_const",
+        const=True,
+        help="allow a plaintext API without a token on an address other hosts can reach",
+    )
+    serve.add_argument(
         "--metrics",
         metavar="HOST:PORT",
         help=f"where the Prometheus endpoint listens; empty turns it off (default {d.metrics})",

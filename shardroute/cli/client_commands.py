@@ -18,11 +18,12 @@ from typing import IO, Any
 
 import grpc
 
+from shardroute.api.access import ClientCredentials
 from shardroute.api.client import DEFAULT_ADDRESS, Client, ShardLike
 from shardroute.cli import output
 from shardroute.cli.outcome import EXIT_TABLE, CliError, Exit, from_rpc, unreachable
 from shardroute.content import ContentId
-from shardroute.errors import InvalidCid, InvalidPeerId
+from shardroute.errors import InvalidCid, InvalidPeerId, StartupError
 from shardroute.identity.peer_id import PeerId
 
 ANNOUNCE_BATCH = 1000
@@ -53,6 +54,16 @@ def add_client_commands(sub: Any) -> None:
         help=f"the node's gRPC address ($SHARDROUTE_GRPC, else {DEFAULT_ADDRESS}; now {target})",
     )
     common.add_argument("--json", action="store_true", help="print JSON (errors too, on stderr)")
+    for flag, env, what in (
+        ("--token-file", "SHARDROUTE_TOKEN_FILE", "a file holding the node's API token"),
+        ("--tls-ca", "SHARDROUTE_TLS_CA", "talk TLS, trusting this CA (PEM)"),
+        ("--tls-cert", "SHARDROUTE_TLS_CERT", "client certificate (PEM), if the node wants one"),
+        ("--tls-key", "SHARDROUTE_TLS_KEY", "the client certificate's key (PEM)"),
+        ("--tls-server-name", "SHARDROUTE_TLS_SERVER_NAME", "name the node's certificate has"),
+    ):
+        common.add_argument(
+            flag, metavar="FILE", default=os.environ.get(env, ""), help=f"{what} (${env})"
+        )
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(
@@ -168,7 +179,17 @@ def _batches(first: list[ShardLike], spool: IO[str] | None) -> Iterator[list[Sha
 
 def run_client_command(args: argparse.Namespace) -> int:
     deadline = max(30.0, getattr(args, "timeout", 0.0) + 5.0)
-    with Client(args.grpc, timeout=deadline) as client:
+    try:
+        credentials = ClientCredentials.from_files(
+            token_file=args.token_file,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            server_name=args.tls_server_name,
+        )
+    except StartupError as exc:
+        raise CliError(Exit.USAGE, str(exc)) from None
+    with Client(args.grpc, timeout=deadline, credentials=credentials) as client:
         if not client.wait_ready(CONNECT_TIMEOUT):
             raise unreachable(args.grpc)
         try:

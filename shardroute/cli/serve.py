@@ -48,6 +48,11 @@ SERVE_FLAGS = (
     "data_dir",
     "log_level",
     "log_format",
+    "api_token_file",
+    "api_tls_cert",
+    "api_tls_key",
+    "api_tls_client_ca",
+    "insecure_api",
 )
 
 
