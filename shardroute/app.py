@@ -33,7 +33,7 @@ from shardroute.clock import Clock, SystemClock
 from shardroute.config import Settings
 from shardroute.content import ContentId
 from shardroute.datadir import DataDirLock
-from shardroute.errors import StartupError
+from shardroute.errors import StartupError, StoreError
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.keystore import load_or_create_identity
 from shardroute.identity.peer_id import PeerId
@@ -254,7 +254,10 @@ class App(Service):
 
     async def _save_table(self) -> None:
         with anyio.CancelScope(shield=True):
-            await self.storage.routing.save(self.dht.keeper.snapshot())
+            try:
+                await self.storage.routing.save(self.dht.keeper.snapshot())
+            except StoreError as exc:
+                log.warning("routing table not saved at shutdown: %s", exc)
 
     def _observe_store(self, operation: str, seconds: float) -> None:
         self.metrics.store_operation_seconds.labels(operation).observe(seconds)

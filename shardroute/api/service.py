@@ -15,7 +15,7 @@ from shardroute.addrs import parse_multiaddr
 from shardroute.api.backend import NodeBackend
 from shardroute.api.convert import BadRequest, key_bytes, provider, shard_to_cid, shards_to_cids
 from shardroute.content import ContentId
-from shardroute.errors import DialError, InvalidRecord, ShardrouteError, StoreError
+from shardroute.errors import DialError, InvalidRecord, ShardrouteError, StoreError, StoreFull
 from shardroute.kad.config import Mode
 from shardroute.kad.messages import PeerInfo
 from shardroute.kad.reports import LookupReport
@@ -65,6 +65,11 @@ class ShardRouteService(pb_grpc.ShardRouteServicer):
             )
         except DialError as exc:
             await self._abort(method, started, context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        except StoreFull as exc:
+            # Nothing of the call was kept; it can be retried once space returns.
+            await self._abort(
+                method, started, context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+            )
         except ShardrouteError as exc:
             await self._abort(method, started, context, grpc.StatusCode.UNAVAILABLE, str(exc))
         self._done(method, grpc.StatusCode.OK, started)

@@ -24,12 +24,13 @@ import anyio
 
 from shardroute.clock import Clock
 from shardroute.content import ContentId
-from shardroute.errors import ShardrouteError
+from shardroute.errors import ShardrouteError, StoreError
 from shardroute.kad.dht import Dht
 from shardroute.kad.keyspace import KEY_BITS, Key
 from shardroute.kad.messages import PeerInfo
 from shardroute.kad.regions import RegionMap
 from shardroute.kad.repositories import AnnouncementStore
+from shardroute.maintenance.backoff import StoreBackoff
 from shardroute.obs.metrics import Metrics
 from shardroute.wakeup import Wakeup
 
@@ -141,9 +142,11 @@ class Publisher:
         on (the one the background pass makes: there is no second)."""
         entries = {c.dht_key: c.codec for c in cids}
         waiting = PublicationWait(set(entries)) if wait else None
+        # Written before the wait is registered: a refused write leaves nothing behind, and
+        # no pass can start between the two (no await in between).
+        count = await self.store.add(list(entries.items()), now=self.clock.wall())
         if waiting is not None:
             self._waits.append(waiting)
-        count = await self.store.add(list(entries.items()), now=self.clock.wall())
         self._wake.fire()
         return count, waiting
 
@@ -243,25 +246,37 @@ class Publisher:
         return accepted
 
     async def run(self) -> None:
+        backoff = StoreBackoff()
         while True:
-            if not len(self.dht.routing_table):
-                # Nobody to publish to yet (start, bootstrap): wait for a peer.
-                await self._sleep_or_wake(self.retry_delay, self.dht.table_changed)
-                continue
-            now = self.clock.wall()
-            due = await self.store.due(now + self.window(), PUBLISH_BATCH)
-            if not due:
-                next_at = await self.store.next_due_at()
-                # Wake when the next shard is due; the pass then takes a window's worth ahead.
-                pause = self.cycle if next_at is None else next_at - now
-                await self._sleep_or_wake(pause)
-                continue
             try:
-                await self.publish(due)
-            except ShardrouteError as exc:
-                # e.g. no dialable address yet: try the same shards again shortly.
-                log.warning("publishing %d shards failed: %s", len(due), exc)
-                await self.store.reschedule([(k, now + self.retry_delay, 0) for k in due])
+                await self._step()
+            except StoreError as exc:
+                # A full or read-only disk: announcements stay due and go out once it heals.
+                await self._sleep_or_wake(backoff.failed("republishing", exc))
+            else:
+                backoff.succeeded()
+
+    async def _step(self) -> None:
+        if not len(self.dht.routing_table):
+            # Nobody to publish to yet (start, bootstrap): wait for a peer.
+            await self._sleep_or_wake(self.retry_delay, self.dht.table_changed)
+            return
+        now = self.clock.wall()
+        due = await self.store.due(now + self.window(), PUBLISH_BATCH)
+        if not due:
+            next_at = await self.store.next_due_at()
+            # Wake when the next shard is due; the pass then takes a window's worth ahead.
+            pause = self.cycle if next_at is None else next_at - now
+            await self._sleep_or_wake(pause)
+            return
+        try:
+            await self.publish(due)
+        except StoreError:
+            raise
+        except ShardrouteError as exc:
+            # e.g. no dialable address yet: try the same shards again shortly.
+            log.warning("publishing %d shards failed: %s", len(due), exc)
+            await self.store.reschedule([(k, now + self.retry_delay, 0) for k in due])
 
     async def _sleep_or_wake(self, seconds: float, *also: Wakeup) -> None:
         """Sleep on the clock until `seconds` pass, a new announcement arrives or one of

@@ -1,0 +1,182 @@
+"""A store that fails under a running node (real `serve` processes, a real size-limited tmpfs):
+a full disk and a read-only file system leave the node answering finds, refuse announces with
+RESOURCE_EXHAUSTED or UNAVAILABLE naming the cause, and accept them again once the disk heals;
+no acknowledged announcement is lost, and SIGKILL during concurrent announces loses none that
+were acknowledged and never half a batch."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from shardroute.api.client import Client
+from shardroute.store.engine import DATABASE_FILE
+from tests.support.serve import serve
+
+MIB = 1024 * 1024
+
+
+def digest(label: str) -> str:
+    return hashlib.sha256(label.encode()).hexdigest()
+
+
+def multihash(hex_digest: str) -> bytes:
+    return b"\x12\x20" + bytes.fromhex(hex_digest)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, unmounted afterwards (the tests run as root, as CI does)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(mount: Path) -> Path:
+    """Take every free byte of `mount`; returns the filler to delete."""
+    filler = mount / "filler"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def announced(data_dir: Path) -> set[bytes]:
+    with sqlite3.connect(data_dir / DATABASE_FILE) as db:
+        return {row[0] for row in db.execute("select key from announcements")}
+
+
+def announce_until_refused(client: Client, label: str) -> tuple[set[str], grpc.RpcError]:
+    """Announce batches of 200 until the node refuses one; the acknowledged hashes and the
+    refusal (bounded: the disk is 4 MiB)."""
+    acknowledged: set[str] = set()
+    for batch in range(200):
+        hashes = [digest(f"{label}-{batch}-{i}") for i in range(200)]
+        try:
+            client.announce([bytes.fromhex(h) for h in hashes])
+        except grpc.RpcError as exc:
+            return acknowledged, exc
+        acknowledged.update(hashes)
+    raise AssertionError("a full disk never refused an announce")
+
+
+def test_a_full_disk_refuses_announces_serves_finds_and_heals(small_disk: Path) -> None:
+    data_dir = small_disk / "node"
+    first = digest("before the disk filled")
+    with serve(data_dir) as node, Client(f"127.0.0.1:{node.grpc_port}", timeout=30) as client:
+        client.announce([bytes.fromhex(first)])
+        filler = fill(small_disk)
+        acknowledged, refusal = announce_until_refused(client, "full")
+        assert refusal.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "disk is full" in (refusal.details() or "")
+        # still serving: a find answers from the records it has, status still works
+        found = node.cli("find", first)
+        assert found.returncode == 0, found.stderr
+        assert node.cli("status").returncode == 0
+        # space returns: announces are taken again, without a restart
+        filler.unlink()
+        later = digest("after the disk healed")
+        client.announce([bytes.fromhex(later)])
+        assert node.proc.poll() is None
+    kept = announced(data_dir)
+    for h in {first, later, *acknowledged}:
+        assert multihash(h) in kept
+
+
+def test_a_read_only_file_system_refuses_announces_and_heals(small_disk: Path) -> None:
+    data_dir = small_disk / "node"
+    first = digest("written before the remount")
+    with serve(data_dir) as node, Client(f"127.0.0.1:{node.grpc_port}", timeout=30) as client:
+        client.announce([bytes.fromhex(first)])
+        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+        try:
+            with pytest.raises(grpc.RpcError) as refused:
+                client.announce([bytes.fromhex(digest("while read-only"))])
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "cannot be written" in (refused.value.details() or "")
+            found = node.cli("find", first)
+            assert found.returncode == 0, found.stderr
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+        later = digest("after the remount")
+        deadline = time.monotonic() + 10
+        while True:  # SQLite may need one failed attempt to reopen its journal
+            try:
+                client.announce([bytes.fromhex(later)])
+                break
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert node.proc.poll() is None
+    kept = announced(data_dir)
+    assert multihash(first) in kept and multihash(later) in kept
+    assert multihash(digest("while read-only")) not in kept
+
+
+def test_sigkill_during_concurrent_announces_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    acknowledged: list[list[str]] = []
+    attempted: list[list[str]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client_loop(port: int, worker: int) -> None:
+        with Client(f"127.0.0.1:{port}", timeout=10) as client:
+            for batch in range(10_000):
+                if stop.is_set():
+                    return
+                hashes = [digest(f"w{worker}-b{batch}-{i}") for i in range(50)]
+                with lock:
+                    attempted.append(hashes)
+                try:
+                    client.announce([bytes.fromhex(h) for h in hashes])
+                except grpc.RpcError:
+                    return  # the node is gone
+                with lock:
+                    acknowledged.append(hashes)
+
+    with serve(data_dir) as node:
+        workers = [
+            threading.Thread(target=client_loop, args=(node.grpc_port, w), daemon=True)
+            for w in range(8)
+        ]
+        for worker in workers:
+            worker.start()
+        deadline = time.monotonic() + 30
+        while len(acknowledged) < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        node.kill()
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=15)
+    assert len(acknowledged) >= 40
+    kept = announced(data_dir)  # sqlite recovers the WAL as the restarted node would
+    for hashes in acknowledged:
+        assert all(multihash(h) in kept for h in hashes)
+    for hashes in attempted:
+        present = sum(multihash(h) in kept for h in hashes)
+        assert present in (0, len(hashes)), "half a batch survived"
+    # and the node itself starts on that file and counts the same
+    with serve(data_dir) as again:
+        status = again.cli("status")
+        assert status.returncode == 0
+        assert f'"announced_records": {len(kept)}' in status.stdout.replace(" ", " ")
+    assert os.path.exists(data_dir / DATABASE_FILE)
