@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from shardroute.api.client import Client
@@ -128,7 +129,7 @@ def test_every_panel_and_the_node_picker_return_data_after_honest_traffic(
     targets = [metrics_target(n) for n in network]
     with prometheus(tmp_path / "prometheus", targets) as prom:
         prom.wait('count(up{job="shardroute"} == 1) == 3')
-        drive_traffic(a, b, c, tmp_path)
+        drive_traffic(a, b, c)
         # what the traffic moved has reached Prometheus (a scrape every second)
         prom.wait('shardroute_handshake_failures_total{reason!="timeout"} > 0')
         prom.wait('sum(shardroute_query_timeouts_total{operation="get_providers"}) > 0')
@@ -157,34 +158,32 @@ def test_every_panel_and_the_node_picker_return_data_after_honest_traffic(
         assert not no_numbers, f"panels with only NaN: {no_numbers}"
 
 
-def drive_traffic(a: ServeProcess, b: ServeProcess, c: ServeProcess, tmp: Path) -> None:
+def drive_traffic(a: ServeProcess, b: ServeProcess, c: ServeProcess) -> None:
+    """Through the client library in this process: a CLI process per call costs seconds on a
+    loaded machine, and the CLI's own paths are tested in tests/cli."""
     shards = [cid(i) for i in range(3)]
-    assert a.cli("announce", *shards, "--wait").returncode == 0
-    found = b.cli("find", shards[0], "--count", "1")
-    assert found.returncode == 0 and json.loads(found.stdout), found.stderr
-    assert b.cli("find", cid(100), "--timeout", "5").returncode == 4  # nothing found
-    peer_c = json.loads(c.cli("id").stdout)["peer_id"]
-    assert json.loads(a.cli("closest", peer_c).stdout)
-    assert a.cli("status").returncode == 0
+    with Client(f"127.0.0.1:{a.grpc_port}") as at_a, Client(f"127.0.0.1:{b.grpc_port}") as at_b:
+        assert at_a.announce(shards, wait=True).stored_on
+        assert at_b.find_providers(shards[0], count=1, timeout=10)
+        assert at_b.find_providers(cid(100), count=1, timeout=10) == []  # nothing found
+        assert at_a.closest_peers(c.addrs[0].rsplit("/", 1)[1])
+        assert at_a.node_info().announced_records == len(shards)
+        # A /pk/ record, put through one node and read through another. The CLI cannot send
+        # this key: it holds a multihash's binary bytes, NUL among them, which no argv carries.
+        key = Ed25519PrivateKey.generate().public_key
+        record_key = b"/pk/" + PeerId.from_public_key(key).raw
+        assert at_a.put_value(record_key, key.to_protobuf()) >= 1
+        assert at_b.get_value(record_key) == key.to_protobuf()
 
-    # A /pk/ record, put through one node and read through another. The CLI cannot send this
-    # key: it holds a multihash's binary bytes, NUL among them, which no argv can carry.
-    key = Ed25519PrivateKey.generate().public_key
-    record_key = b"/pk/" + PeerId.from_public_key(key).raw
-    with Client(f"127.0.0.1:{a.grpc_port}") as client:
-        assert client.put_value(record_key, key.to_protobuf()) >= 1
-    with Client(f"127.0.0.1:{b.grpc_port}") as client:
-        assert client.get_value(record_key) == key.to_protobuf()
-
-    # A peer that stops answering: c's lookup waits on it until c's 1 s query timeout.
-    with serve(tmp / "d", "--bootstrap", c.addrs[0]) as d:
-        assert c.cli("connect", d.addrs[0]).returncode == 0
-        d.proc.send_signal(signal.SIGSTOP)
-        try:
-            timed_out = c.cli("find", cid(200), "--timeout", "5")
-            assert timed_out.returncode == 5, (timed_out.returncode, timed_out.stderr)
-        finally:
-            d.proc.send_signal(signal.SIGCONT)
+    # b stops answering: c's lookup waits on it until c's 1 s query timeout ends it.
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        with Client(f"127.0.0.1:{c.grpc_port}") as at_c:
+            with pytest.raises(grpc.RpcError) as timed_out:
+                at_c.find_providers(cid(200), count=1, timeout=10)
+            assert timed_out.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
 
     # Not libp2p: the multistream handshake fails on a's listener.
     host, port = a.addrs[0].split("/")[2], int(a.addrs[0].split("/")[4])
