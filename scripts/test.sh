@@ -14,6 +14,7 @@ python -m pip install -q --upgrade pip
 python -m pip install -q -e ".[test]"
 
 scripts/install-interop-peers.sh
+scripts/install-ops-tools.sh
 
 # The multi-host tests build network namespaces (iproute2) and a NAT router (nftables).
 if ! command -v nft >/dev/null 2>&1; then

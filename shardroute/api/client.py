@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shardroute.api.access import ClientCredentials
 from shardroute.pb.api.v1 import shardroute_pb2 as pb
@@ -292,6 +293,13 @@ class Client:
                 pb.GetClosestPeersRequest(key=key), timeout=self.timeout
             ).peers
         ]
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The grpc.health.v1 status of `service` ("": the node), e.g. SERVING or NOT_SERVING."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        request = health_pb2.HealthCheckRequest(service=service)
+        reply = stub.Check(request, timeout=timeout or self.timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
     def wait_ready(self, timeout: float) -> bool:
         """Whether the node's gRPC port answers within `timeout` seconds."""

@@ -114,6 +114,14 @@ def add_client_commands(sub: Any) -> None:
     put = command("put", "Store a value record in the DHT.")
     put.add_argument("key", metavar="KEY", help="the record key, as text")
     put.add_argument("value_file", metavar="FILE", help="the record's bytes; - for standard input")
+    health = command(
+        "health",
+        "The node's gRPC health: SERVING (exit 0) once it joined the network, or at once without"
+        " bootstrap peers; NOT_SERVING (exit 1) before that or while it shuts down.",
+    )
+    health.add_argument(
+        "--timeout", type=float, default=5.0, metavar="S", help="deadline (default 5 s)"
+    )
     command("peers", "The node's routing table.")
     command("status", "The node's state.")
     command("id", "The node's peer ID and the addresses to reach it at.")
@@ -412,6 +420,17 @@ def _put(client: Client, args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def _health(client: Client, args: argparse.Namespace) -> int:
+    status = client.health(timeout=args.timeout)
+    human = (
+        status
+        if status == "SERVING"
+        else f"{status}: the node has not joined the network yet, or is stopping"
+    )
+    output.emit(args, {"status": status}, human)
+    return Exit.OK if status == "SERVING" else Exit.FAILED
+
+
 _COMMANDS = {
     "announce": _announce,
     "withdraw": _withdraw,
@@ -425,4 +444,5 @@ _COMMANDS = {
     "id": _id,
     "get": _get,
     "put": _put,
+    "health": _health,
 }
