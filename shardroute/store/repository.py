@@ -56,6 +56,8 @@ def atomic(
 
 
 # SQLite primary result codes (sqlite3.h) for a database that cannot take writes.
+SQLITE_BUSY = 5  # another connection holds the write lock past the busy timeout
+SQLITE_LOCKED = 6
 SQLITE_READONLY = 8
 SQLITE_IOERR = 10
 SQLITE_FULL = 13
@@ -71,6 +73,7 @@ def store_failure(exc: BaseException, operation: str) -> StoreError:
     text = str(orig)
     if primary == SQLITE_FULL or "disk is full" in text:
         return StoreFull(f"{operation}: the disk is full ({text})")
-    if primary in (SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN) or "readonly" in text:
+    unwritable = (SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN)
+    if primary in unwritable or "readonly" in text or "locked" in text:
         return StoreUnavailable(f"{operation}: the database cannot be written ({text})")
     return StoreError(f"{operation}: {text}")

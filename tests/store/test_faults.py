@@ -13,14 +13,20 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 
-from shardroute.api.client import Client
+from shardroute.api.client import AsyncClient, Client
+from shardroute.content import ContentId
+from shardroute.store.database import SqliteStore
 from shardroute.store.engine import DATABASE_FILE
-from tests.support.serve import serve
+from tests.support.nodes import address, loopback_app
+from tests.support.serve import ServeProcess, serve
+from tests.support.settings import LOOPBACK
 
 MIB = 1024 * 1024
 
@@ -77,17 +83,31 @@ def announce_until_refused(client: Client, label: str) -> tuple[set[str], grpc.R
     raise AssertionError("a full disk never refused an announce")
 
 
-def test_a_full_disk_refuses_announces_serves_finds_and_heals(small_disk: Path) -> None:
+@contextmanager
+def pair(data_dir: Path, other_dir: Path, shard: str) -> Iterator[tuple[ServeProcess, Client]]:
+    """A node on `data_dir` and a peer that has published `shard` to it: what the node then
+    holds for others, it must keep serving whatever its disk does."""
+    with serve(data_dir) as node, serve(other_dir, "--bootstrap", node.addrs[0]) as other:
+        with Client(f"127.0.0.1:{other.grpc_port}", timeout=60) as peer:
+            assert peer.announce([bytes.fromhex(shard)], wait=True).stored_on
+        with Client(f"127.0.0.1:{node.grpc_port}", timeout=30) as client:
+            yield node, client
+
+
+def test_a_full_disk_refuses_announces_serves_finds_and_heals(
+    small_disk: Path, tmp_path: Path
+) -> None:
     data_dir = small_disk / "node"
     first = digest("before the disk filled")
-    with serve(data_dir) as node, Client(f"127.0.0.1:{node.grpc_port}", timeout=30) as client:
+    theirs = digest("published by the peer")
+    with pair(data_dir, tmp_path / "other", theirs) as (node, client):
         client.announce([bytes.fromhex(first)])
         filler = fill(small_disk)
         acknowledged, refusal = announce_until_refused(client, "full")
         assert refusal.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "disk is full" in (refusal.details() or "")
         # still serving: a find answers from the records it has, status still works
-        found = node.cli("find", first)
+        found = node.cli("find", theirs)
         assert found.returncode == 0, found.stderr
         assert node.cli("status").returncode == 0
         # space returns: announces are taken again, without a restart
@@ -100,35 +120,61 @@ def test_a_full_disk_refuses_announces_serves_finds_and_heals(small_disk: Path) 
         assert multihash(h) in kept
 
 
-def test_a_read_only_file_system_refuses_announces_and_heals(small_disk: Path) -> None:
-    data_dir = small_disk / "node"
-    first = digest("written before the remount")
-    with serve(data_dir) as node, Client(f"127.0.0.1:{node.grpc_port}", timeout=30) as client:
-        client.announce([bytes.fromhex(first)])
-        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+def test_a_database_another_process_locks_refuses_announces_and_heals(
+    tmp_path: Path,
+) -> None:
+    """An operator's `sqlite3` holding the write lock (a backup, a repair): writes wait out
+    the busy timeout and are refused as UNAVAILABLE; reads go on; released, writes work."""
+    data_dir = tmp_path / "node"
+    theirs = digest("the peer's, before the lock")
+    with pair(data_dir, tmp_path / "other", theirs) as (node, client):
+        locker = sqlite3.connect(data_dir / DATABASE_FILE, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
         try:
             with pytest.raises(grpc.RpcError) as refused:
-                client.announce([bytes.fromhex(digest("while read-only"))])
+                client.announce([bytes.fromhex(digest("while locked"))])
             assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
             assert "cannot be written" in (refused.value.details() or "")
-            found = node.cli("find", first)
+            found = node.cli("find", theirs)
             assert found.returncode == 0, found.stderr
         finally:
-            subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
-        later = digest("after the remount")
-        deadline = time.monotonic() + 10
-        while True:  # SQLite may need one failed attempt to reopen its journal
-            try:
-                client.announce([bytes.fromhex(later)])
-                break
-            except grpc.RpcError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+            locker.execute("ROLLBACK")
+            locker.close()
+        later = digest("after the lock")
+        client.announce([bytes.fromhex(later)])
         assert node.proc.poll() is None
     kept = announced(data_dir)
-    assert multihash(first) in kept and multihash(later) in kept
-    assert multihash(digest("while read-only")) not in kept
+    assert multihash(later) in kept
+    assert multihash(digest("while locked")) not in kept
+
+
+@pytest.mark.anyio
+async def test_a_read_only_database_refuses_writes_and_heals(tmp_path: Path) -> None:
+    """SQLite's own read-only error (SQLITE_READONLY, as from a read-only file) on the node's
+    write connection: announces are UNAVAILABLE, inbound records refused, finds answered; the
+    node recovers when the database is writable again. (A file system cannot be remounted
+    read-only under open files, EBUSY, so the error is raised by SQLite itself here.)"""
+    store = await SqliteStore.open(tmp_path, max_providers_per_key=20)
+    settings = replace(LOOPBACK, data_dir=str(tmp_path), grpc_listen="127.0.0.1:0")
+    async with loopback_app(settings, storage=store) as app, loopback_app() as peer:
+        await peer.node.connect(address(app))
+        shard = ContentId.from_shard_hash(bytes.fromhex(digest("announced before")))
+        await app.announce_and_wait([shard])
+        async with store.engine.connect() as conn:
+            await conn.exec_driver_sql("PRAGMA query_only=ON")
+        assert app.api is not None
+        async with AsyncClient(f"127.0.0.1:{app.api.port}", timeout=10) as client:
+            with pytest.raises(grpc.RpcError) as refused:
+                await client.announce([bytes.fromhex(digest("while read-only"))])
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "cannot be written" in (refused.value.details() or "")
+            # the peer still finds the shard through this node's records
+            found = [p async for p in peer.find_providers(shard.dht_key, 1)]
+            assert [p.peer_id for p in found] == [app.peer_id]
+            async with store.engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA query_only=OFF")
+            reply = await client.announce([bytes.fromhex(digest("after"))])
+            assert reply.announced == 1
 
 
 def test_sigkill_during_concurrent_announces_loses_nothing_acknowledged(tmp_path: Path) -> None:
