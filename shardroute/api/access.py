@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
+import os
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,8 @@ import grpc
 import grpc.aio
 
 from shardroute.errors import StartupError
+
+log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "authorization"
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -34,6 +39,25 @@ def read_token(path: str, setting: str) -> str:
     if not token or any(c.isspace() for c in token) or not token.isprintable():
         raise StartupError(f"{setting} {path}: the token must be one word of printable characters")
     return token
+
+
+def read_or_create_token(path: str, setting: str) -> str:
+    """The server's token: read from `path`, or, when no file is there yet, a new random one
+    written there (mode 0600) for the operator and the clients to read."""
+    file = Path(path)
+    if not file.exists():
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # made meanwhile: read it
+        except OSError as exc:
+            raise StartupError(f"{setting} {path}: cannot create it: {exc.strerror}") from None
+        else:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32) + "\n")
+            log.info("made a new API token in %s (clients read it with --token-file)", path)
+    return read_token(path, setting)
 
 
 def _read_pem(path: str, setting: str) -> bytes:
@@ -80,7 +104,7 @@ class ApiAccess:
         if tls_client_ca and not tls_cert:
             raise StartupError("api_tls_client_ca needs api_tls_cert and api_tls_key")
         return cls(
-            token=read_token(token_file, "api_token_file") if token_file else None,
+            token=read_or_create_token(token_file, "api_token_file") if token_file else None,
             tls_cert=_read_pem(tls_cert, "api_tls_cert") if tls_cert else None,
             tls_key=_read_pem(tls_key, "api_tls_key") if tls_key else None,
             tls_client_ca=_read_pem(tls_client_ca, "api_tls_client_ca") if tls_client_ca else None,

@@ -59,6 +59,19 @@ def test_a_token_is_required_and_checked(tmp_path: Path) -> None:
             assert denied_info.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_a_missing_token_file_gets_a_new_token_the_clients_can_read(tmp_path: Path) -> None:
+    token = tmp_path / "secrets" / "token"
+    with serve(tmp_path / "n", "--api-token-file", str(token), wait=False) as node:
+        wait_answering(node.grpc_port, {"SHARDROUTE_TOKEN_FILE": str(token)})
+        assert token.stat().st_mode & 0o777 == 0o600
+        assert len(token.read_text().strip()) >= 40
+        assert node.cli("id").returncode == 1  # and it is required
+    made = token.read_text()
+    with serve(tmp_path / "n", "--api-token-file", str(token), wait=False) as node:
+        wait_answering(node.grpc_port, {"SHARDROUTE_TOKEN_FILE": str(token)})
+    assert token.read_text() == made  # kept across restarts
+
+
 def test_tls_with_and_without_client_certificates(tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
     server = ["--api-tls-cert", str(pki.server_cert), "--api-tls-key", str(pki.server_key)]
