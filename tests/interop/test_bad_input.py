@@ -7,13 +7,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import time
 
+import anyio
 import pytest
 
 from shardroute.addrs import with_p2p
 from tests.interop.conftest import new_host
 from tests.interop.thirdparty import KINDS, Kind, PeerDied, start_peer
+from tests.support.nodes import address, loopback_app
 
 pytestmark = pytest.mark.anyio
 
@@ -82,3 +86,19 @@ async def test_a_hung_peer_fails_its_command_within_the_bound(kind: Kind) -> Non
             assert "running" in str(info.value)
         finally:
             os.killpg(peer._process.pid, signal.SIGCONT)
+
+
+async def test_inbound_connections_reset_at_once_do_not_stop_the_node() -> None:
+    """Seen in the mixed network: a dialer that gives up at once (go and js cancel racing dials)
+    resets its TCP connection before shardroute reads the peer address of it."""
+    async with loopback_app() as node, start_peer("rust") as rust:
+        port = int(str(node.host.listen_addrs[0]).split("/")[4])
+        for _ in range(100):
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.connect(("127.0.0.1", port))
+        await anyio.sleep(0.5)
+        # still serving: a real peer connects and uses the DHT
+        await rust.command("dial", addr=str(address(node)))
+        answer = await rust.command("closest_peers", key_b64="AAAA", timeout=10)
+        assert str(node.peer_id) in answer["peers"], answer
