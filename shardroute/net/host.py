@@ -251,7 +251,14 @@ class Host:
             await listen_tcp(addr, self._accept, self._tg, task_status=task_status)
 
     async def _accept(self, raw: anyio.abc.SocketStream) -> None:
-        remote_addr = remote_multiaddr(raw)
+        try:
+            remote_addr = remote_multiaddr(raw)
+        except (anyio.TypedAttributeLookupError, OSError):
+            # Reset before we asked for its peer address (getpeername fails): nothing to serve,
+            # and raising here would end the host's task group.
+            log.debug("inbound connection closed before it could be served")
+            await raw.aclose()
+            return
         if (
             len(self.connections) >= self.limits.max_connections
             or self._inbound_pending >= self.limits.max_inbound_pending
