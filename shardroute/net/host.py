@@ -279,7 +279,15 @@ class Host:
             await listen_tcp(addr, self._accept, self._tg, task_status=task_status)
 
     async def _accept(self, raw: anyio.abc.SocketStream) -> None:
-        remote_addr = remote_multiaddr(raw)
+        try:
+            remote_addr = remote_multiaddr(raw)
+        except (anyio.TypedAttributeLookupError, OSError):
+            # Reset before we asked for its peer address (getpeername fails): nothing to serve,
+            # and raising here would end the host's task group.
+            log.debug("inbound connection closed before it could be served")
+            with anyio.CancelScope(shield=True):
+                await raw.aclose()
+            return
         ip = ip_of(remote_addr)
         try:
             pending = self.resources.begin_upgrade(ip)

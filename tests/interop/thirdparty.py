@@ -29,7 +29,16 @@ KINDS: tuple[Kind, ...] = ("rust", "go", "go-v0.20", "js", "py")
 
 
 class PeerCommandError(RuntimeError):
-    pass
+    """A command the peer answered with ok:false."""
+
+
+class PeerDied(PeerCommandError):
+    """The peer exited, closed its stdout, or did not answer in time; the message carries the
+    tail of its log."""
+
+
+LOG_TAIL = 3000  # characters of a peer's log quoted in a failure
+_log_ids = itertools.count(1)
 
 
 def command_line(kind: Kind) -> list[str]:
@@ -74,6 +83,28 @@ class ThirdPartyPeer:
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _buffer: bytes = b""
     _lock: anyio.Lock = field(default_factory=anyio.Lock)
+    log_path: Path | None = None
+    # How long past a command's own timeout_s an answer may take before the peer counts as hung.
+    grace: float = 10.0
+
+    def log_tail(self, chars: int = LOG_TAIL) -> str:
+        """The end of this peer's own log (its stderr)."""
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        text = self.log_path.read_text(errors="replace")
+        return text[-chars:] if text else "(empty log)"
+
+    async def _died(self, what: str) -> PeerDied:
+        process = self._process
+        if process is not None:
+            with anyio.move_on_after(1):  # a peer that closed stdout is usually exiting
+                await process.wait()
+        code = None if process is None else process.returncode
+        state = "running" if code is None else f"exited with {code}"
+        return PeerDied(
+            f"{self.kind} peer {self.peer_id or '(not ready)'} {what} ({state}); "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
 
     async def __aenter__(self) -> ThirdPartyPeer:
         require(self.kind)
@@ -87,14 +118,21 @@ class ThirdPartyPeer:
             "--mode",
             self.mode,
         ]
-        # The peer's own log goes to a file beside the installs, for reading after a failure.
-        log_path = INTEROP / f"{self.kind}-peer-{os.getpid()}.log"
-        with log_path.open("ab") as log:
+        # Each peer's own log goes to its own file beside the installs; failures quote its tail.
+        self.log_path = INTEROP / f"{self.kind}-peer-{os.getpid()}-{next(_log_ids)}.log"
+        with self.log_path.open("wb") as log:
             self._process = await anyio.open_process(cmd, stderr=log, start_new_session=True)
-        with anyio.fail_after(60):
-            self.ready = await self._read_line()
+        try:
+            with anyio.fail_after(60):
+                self.ready = await self._read_line()
+        except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, ValueError) as exc:
+            died = await self._died(f"did not start: {type(exc).__name__}")
+            await self._kill()
+            raise died from exc
         if self.ready.get("event") != "ready":
-            raise PeerCommandError(f"{self.kind} peer did not start: {self.ready}")
+            died = await self._died(f"did not start: {self.ready}")
+            await self._kill()
+            raise died
         self.peer_id = self.ready["peer_id"]
         self.addrs = list(self.ready["addrs"])
         return self
@@ -110,6 +148,13 @@ class ThirdPartyPeer:
                 except Exception:
                     pass
                 await process.wait()
+            await self._kill()
+
+    async def _kill(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        with anyio.CancelScope(shield=True):
             if process.returncode is None:
                 try:
                     os.killpg(process.pid, signal.SIGKILL)
@@ -126,17 +171,37 @@ class ThirdPartyPeer:
         line, self._buffer = self._buffer.split(b"\n", 1)
         return dict(json.loads(line))
 
-    async def command(self, name: str, *, timeout: float = 30, **args: Any) -> dict[str, Any]:  # noqa: ASYNC109
+    async def send_raw(self, line: str, *, wait: float = 10) -> dict[str, Any]:
+        """Send one stdin line as it is; the next line the peer writes, whatever its id."""
+        assert self._process is not None and self._process.stdin is not None
+        async with self._lock:
+            try:
+                await self._process.stdin.send((line + "\n").encode())
+                with anyio.fail_after(wait):
+                    return await self._read_line()
+            except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+                what = f"gave no answer to {line[:80]!r}: {type(exc).__name__}"
+                raise await self._died(what) from exc
+
+    async def request(self, name: str, *, timeout: float = 30, **args: Any) -> dict[str, Any]:  # noqa: ASYNC109
+        """The peer's answer to one command, ok or not. Raises PeerDied (with the peer's log)
+        when the peer exits or gives no answer within `timeout` plus `grace`."""
         assert self._process is not None and self._process.stdin is not None
         async with self._lock:
             request_id = next(self._ids)
             request = {"id": request_id, "cmd": name, "timeout_s": timeout, **args}
-            await self._process.stdin.send((json.dumps(request) + "\n").encode())
-            with anyio.fail_after(timeout + 10):
-                while True:
-                    answer = await self._read_line()
-                    if answer.get("id") == request_id:
-                        break
+            try:
+                await self._process.stdin.send((json.dumps(request) + "\n").encode())
+                with anyio.fail_after(timeout + self.grace):
+                    while True:
+                        answer = await self._read_line()
+                        if answer.get("id") == request_id:
+                            return answer
+            except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+                raise await self._died(f"gave no answer to {name}: {type(exc).__name__}") from exc
+
+    async def command(self, name: str, *, timeout: float = 30, **args: Any) -> dict[str, Any]:  # noqa: ASYNC109
+        answer = await self.request(name, timeout=timeout, **args)
         if not answer.get("ok"):
             raise PeerCommandError(f"{self.kind} {name} failed: {answer.get('error')}")
         return answer

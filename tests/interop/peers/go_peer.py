@@ -90,6 +90,12 @@ async def main() -> None:
         try:
             request = json.loads(line)
         except ValueError:
+            request = None
+        # Anything but a JSON object with an id is refused with one error line (id null),
+        # as the go and rust peers do; the peer keeps serving.
+        if not isinstance(request, dict) or request.get("id") is None:
+            rid = request.get("id") if isinstance(request, dict) else None
+            reply({"id": rid, "ok": False, "error": f"unknown command {line.strip()}"})
             continue
         rid = request.get("id")
         try:
@@ -110,7 +116,7 @@ async def main() -> None:
 
 
 async def handle(request: dict, host: Host, dht: DHT, pinger: PingService) -> dict:
-    cmd = request["cmd"]
+    cmd = request.get("cmd")
     timeout = float(request.get("timeout_s", 20))
     if cmd == "dial":
         await asyncio.wait_for(host.connect(addr_info_from_p2p_addr(request["addr"])), timeout)
@@ -181,7 +187,7 @@ async def handle(request: dict, host: Host, dht: DHT, pinger: PingService) -> di
         return {"seconds": time.perf_counter() - t0}
     if cmd == "stop":
         return {}
-    raise ValueError(f"unknown command {cmd!r}")
+    raise ValueError(f"unknown command {cmd}")
 
 
 if __name__ == "__main__":

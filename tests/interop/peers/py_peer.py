@@ -62,6 +62,12 @@ async def main() -> None:
                 try:
                     request = json.loads(line)
                 except ValueError:
+                    request = None
+                # Anything but a JSON object with an id is refused with one error line (id null),
+                # as the go and rust peers do; the peer keeps serving.
+                if not isinstance(request, dict) or request.get("id") is None:
+                    rid = request.get("id") if isinstance(request, dict) else None
+                    reply({"id": rid, "ok": False, "error": f"unknown command {line.strip()}"})
                     continue
                 try:
                     with trio.fail_after(float(request.get("timeout_s", 20))):
@@ -81,7 +87,7 @@ async def main() -> None:
 
 
 async def handle(request: dict, host, dht: KadDHT) -> dict:
-    cmd = request["cmd"]
+    cmd = request.get("cmd")
     store = host.get_peerstore()
     if cmd == "dial":
         info = info_from_p2p_addr(multiaddr.Multiaddr(request["addr"]))
@@ -109,7 +115,13 @@ async def handle(request: dict, host, dht: KadDHT) -> dict:
             store.add_addrs(pid, [multiaddr.Multiaddr(a) for a in request["addrs"]], 3600)
         return {"added": bool(await dht.add_peer(pid))}
     if cmd == "routing_table":
-        return {"size": dht.get_routing_table_size()}
+        peers = [p.to_base58() for p in dht.routing_table.get_peer_ids()]
+        return {"size": dht.get_routing_table_size(), "peers": peers}
+    if cmd == "closest_peers":
+        closest = await dht.peer_routing.find_closest_peers_network(
+            base64.b64decode(request["key_b64"]), int(request.get("count", 20))
+        )
+        return {"peers": [p.to_base58() for p in closest]}
     if cmd == "bootstrap":
         await dht.refresh_routing_table()
         return {}
@@ -136,7 +148,7 @@ async def handle(request: dict, host, dht: KadDHT) -> dict:
         return {"value_b64": base64.b64encode(value).decode() if value is not None else None}
     if cmd == "stop":
         return {}
-    raise ValueError(f"unknown command {cmd!r}")
+    raise ValueError(f"unknown command {cmd}")
 
 
 if __name__ == "__main__":

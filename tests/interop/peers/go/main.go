@@ -383,6 +383,11 @@ func (n *peerNode) handle(line []byte) bool {
 	}
 	r := request{raw: raw, id: raw["id"]}
 	r.name, _ = raw["cmd"].(string)
+	if r.id == nil {
+		// As the rust peer: a request nobody could match an answer to is refused, not run.
+		n.emit(map[string]any{"id": nil, "ok": false, "error": fmt.Sprintf("unknown command %s (request without id)", r.name)})
+		return false
+	}
 	if r.name == "stop" || r.name == "quit" {
 		n.emit(map[string]any{"id": r.id, "ok": true})
 		return true

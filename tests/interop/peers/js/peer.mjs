@@ -140,7 +140,14 @@ const rl = readline.createInterface({ input: process.stdin })
 let chain = Promise.resolve()
 rl.on('line', (line) => {
   let req
-  try { req = JSON.parse(line) } catch { return }
+  try { req = JSON.parse(line) } catch { req = undefined }
+  // Anything but a JSON object with an id is refused with one error line (id null), like the
+  // go and rust peers do; the peer keeps serving.
+  if (req === null || typeof req !== 'object' || Array.isArray(req) || req.id == null) {
+    const id = req !== null && typeof req === 'object' && !Array.isArray(req) ? (req.id ?? null) : null
+    chain = chain.then(() => write({ id, ok: false, error: `unknown command ${line.trim()}` }))
+    return
+  }
   chain = chain.then(async () => {
     try {
       write({ id: req.id, ok: true, ...(await handle(req)) })
