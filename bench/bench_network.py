@@ -26,6 +26,7 @@ import collections
 import concurrent.futures as cf
 import dataclasses
 import datetime as dt
+import functools
 import math
 import random
 import re
@@ -269,8 +270,12 @@ class Network:
         self.impl = impl
         self.workdir = workdir
         self.nodes: list[NodeProcess] = []
+        self._lock = threading.Lock()
+        self._closed = False
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True  # a start still under way in a worker thread spawns nothing more
         # In parallel: 32 SIGTERM grace periods one after another would take minutes.
         threads = [threading.Thread(target=n.stop) for n in self.nodes]
         for t in threads:
@@ -281,13 +286,17 @@ class Network:
     def spawn(self, index: int, seed_addr: str | None, args: argparse.Namespace) -> NodeProcess:
         name = f"{self.impl}-{index}"
         node: NodeProcess
-        if self.impl == "shardroute":
-            data = self.workdir / name
-            data.mkdir()
-            node = ServeNode(name, data, seed_addr, args.op_timeout)
-        else:
-            node = ControlPeer(name, command_line(self.impl), self.workdir / f"{name}.log")  # type: ignore[arg-type]
-        self.nodes.append(node)
+        with self._lock:
+            if self._closed:
+                raise NodeFailure(f"{name}: not started, the network is being stopped")
+            if self.impl == "shardroute":
+                data = self.workdir / name
+                data.mkdir()
+                node = ServeNode(name, data, seed_addr, args.op_timeout)
+            else:
+                log_path = self.workdir / f"{name}.log"
+                node = ControlPeer(name, command_line(self.impl), log_path)  # type: ignore[arg-type]
+            self.nodes.append(node)
         return node
 
     def start_and_join(self, index: int, seed_addr: str | None, args: argparse.Namespace) -> None:
@@ -313,19 +322,19 @@ class Network:
         seed = self.nodes[0]
         seed_addr = seed.addr  # type: ignore[attr-defined]
         t0 = time.monotonic()
-        with cf.ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-            futures = [
-                pool.submit(self.start_and_join, i, seed_addr, args) for i in range(1, args.nodes)
-            ]
-            budget = (args.start_timeout + args.join_timeout) * args.nodes
-            try:
-                for f in cf.as_completed(futures, timeout=budget):
-                    f.result()  # the first failure, with its node's log, ends the run
-            except cf.TimeoutError:
-                raise NodeFailure(f"{self.impl}: the join phase took over {budget:.0f} s") from None
-            finally:
-                for f in futures:
-                    f.cancel()
+        # Not `with`: its exit would wait for starts still under way (after Ctrl-C too).
+        pool = cf.ThreadPoolExecutor(max_workers=args.concurrency, thread_name_prefix="start")
+        futures = [
+            pool.submit(self.start_and_join, i, seed_addr, args) for i in range(1, args.nodes)
+        ]
+        budget = (args.start_timeout + args.join_timeout) * args.nodes
+        try:
+            for f in cf.as_completed(futures, timeout=budget):
+                f.result()  # the first failure, with its node's log, ends the run
+        except cf.TimeoutError:
+            raise NodeFailure(f"{self.impl}: the join phase took over {budget:.0f} s") from None
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
         wall = time.monotonic() - t0
         per_node = [(n.joined_at or 0) - n.spawned for n in self.nodes[1:]]
         return wall, per_node
@@ -399,7 +408,9 @@ def run_impl(impl: str, plan: Plan, args: argparse.Namespace, root: Path) -> tup
         provide_wall = time.monotonic() - t0
         cpu_provide = work_cpu(pids, cpu0)
         if spy is not None:
-            profile = stop_profile(spy, net.nodes[1], workdir, args.profile_out)
+            node1 = net.nodes[1].pid
+            node1_cpu = cpu_seconds([node1])[node1] - cpu0[node1]
+            profile = stop_profile(spy, net.nodes[1], workdir, args.profile_out, node1_cpu)
         log(
             f"{impl}: {sum(o.ok for o in provided)}/{len(provided)} provides in {provide_wall:.1f} s"
         )
@@ -448,20 +459,7 @@ def start_profile(node: NodeProcess, workdir: Path) -> subprocess.Popen[bytes]:
     raw = workdir / "profile.raw"
     log(f"profiling {node.name} (pid {node.pid}) with py-spy")
     proc = subprocess.Popen(
-        # --nonblocking: do not pause the node per sample, so it keeps pace with the others.
-        [
-            spy,
-            "record",
-            "--pid",
-            str(node.pid),
-            "--format",
-            "raw",
-            "--rate",
-            "200",
-            "--nonblocking",
-            "--output",
-            str(raw),
-        ],
+        [spy, "record", "--pid", str(node.pid), "--rate", str(PROFILE_RATE), *RAW, str(raw)],
         stdout=subprocess.DEVNULL,
         stderr=(workdir / "py-spy.log").open("wb"),
         start_new_session=True,
@@ -476,7 +474,11 @@ def start_profile(node: NodeProcess, workdir: Path) -> subprocess.Popen[bytes]:
 
 
 def stop_profile(
-    proc: subprocess.Popen[bytes], node: NodeProcess, workdir: Path, out: str | None
+    proc: subprocess.Popen[bytes],
+    node: NodeProcess,
+    workdir: Path,
+    out: str | None,
+    cpu_s: float,
 ) -> str:
     proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
     try:
@@ -492,8 +494,13 @@ def stop_profile(
     if out:
         shutil.copy(raw, out)
         log(f"raw py-spy stacks (collapsed) in {out}")
-    return summarize_profile(raw.read_text(), node.name)
+    return summarize_profile(raw.read_text(), node.name, cpu_s)
 
+
+# Samples per second. py-spy pauses the node for each (its idle detection needs that, and
+# --nonblocking counted the event loop's epoll wait and aiosqlite's queue wait as busy).
+PROFILE_RATE = 100
+RAW = ("--format", "raw", "--output")  # collapsed stacks, one line per stack: "f (file:line);... n"
 
 # A frame's category: the innermost frame that matches one decides a sample's.
 CATEGORIES: list[tuple[str, Callable[[str, str], bool]]] = [
@@ -514,6 +521,7 @@ CATEGORIES: list[tuple[str, Callable[[str, str], bool]]] = [
     ("Yamux framing", lambda fn, f: "protocol/yamux" in f),
     ("multistream-select", lambda fn, f: "multistream" in f or "net/negotiate" in f),
     ("protobuf encode/decode", lambda fn, f: "protobuf" in f or "_pb2" in f),
+    ("SQLAlchemy (Core statements, its asyncio adapter)", lambda fn, f: "sqlalchemy" in f),
     (
         "aiosqlite / SQLite store",
         lambda fn, f: "aiosqlite" in f or "sqlite3" in f or "shardroute/store" in f,
@@ -528,35 +536,59 @@ CATEGORIES: list[tuple[str, Callable[[str, str], bool]]] = [
     ("anyio (streams, task groups, cancel scopes)", lambda fn, f: "anyio/" in f),
     ("asyncio event loop", lambda fn, f: "asyncio/" in f),
 ]
-FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+ROOTS = re.compile(r"shardroute/(cli/|__main__\.py)")
+FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+# py-spy's idle detection did not work here (busy and waiting threads alike were sampled), so a
+# sample whose innermost frame sits on a blocking call is counted as waiting: the event loop's
+# epoll, a worker thread's queue get, a lock or condition wait, a thread whose target is C.
+WAIT_LINE = re.compile(r"\.(get|poll|select|wait|acquire)\(|self\._target\(|\bwait\(")
 
 
-def frames(stack: str) -> list[tuple[str, str]]:
+def method(fn: str) -> str:
+    return fn.rsplit(".", 1)[-1]  # py-spy names methods Class.name
+
+
+@functools.cache
+def source_line(file: str, line: int) -> str:
+    """The text of `file` (as py-spy shortens it: relative to a sys.path entry) at `line`."""
+    for base in sys.path:
+        path = Path(base or ".") / file
+        if path.is_file():
+            lines = path.read_text(errors="replace").splitlines()
+            return lines[line - 1] if 0 < line <= len(lines) else ""
+    return ""
+
+
+def frames(stack: str) -> list[tuple[str, str, int]]:
     out = []
     for part in stack.split(";"):
         m = FRAME.match(part.strip())
-        out.append((m["fn"], m["file"]) if m else (part.strip(), ""))
+        out.append((m["fn"], m["file"], int(m["line"] or 0)) if m else (part.strip(), "", 0))
     return out
 
 
-def summarize_profile(raw: str, name: str) -> str:
-    samples = 0
+def summarize_profile(raw: str, name: str, cpu_s: float | None = None) -> str:
+    samples = waits = 0
     by_category: collections.Counter[str] = collections.Counter()
     by_leaf: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
-    for line in raw.splitlines():
-        stack, _, count = line.rpartition(" ")
+    for text in raw.splitlines():
+        stack, _, count = text.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        samples += n
         fs = frames(stack)
-        fn, f = fs[-1]
+        fn, f, line = fs[-1]
+        if WAIT_LINE.search(source_line(f, line)):
+            waits += n
+            continue
+        samples += n
         by_leaf[f"{fn} ({f})"] += n
-        for key in {f"{fn} ({f})" for fn, f in fs if "shardroute/" in f}:
+        # Entry points (cli, __main__) hold every sample: left out.
+        for key in {f"{fn} ({f})" for fn, f, _ in fs if "shardroute/" in f and not ROOTS.search(f)}:
             inclusive[key] += n
-        for fn, f in reversed(fs):
-            cat = next((c for c, test in CATEGORIES if test(fn, f)), None)
+        for fn, f, _ in reversed(fs):
+            cat = next((c for c, test in CATEGORIES if test(method(fn), f)), None)
             if cat:
                 by_category[cat] += n
                 break
@@ -569,7 +601,15 @@ def summarize_profile(raw: str, name: str) -> str:
         return f"{100 * n / samples:.1f} %"
 
     lines = [
-        f"py-spy, {samples:,} busy samples of {name} (200 Hz, idle threads left out) over the provides.",
+        f"py-spy at {PROFILE_RATE} Hz on {name} over the provides: {samples:,} busy samples, "
+        f"{waits:,} more on a blocking wait (left out). Shares are of the busy samples"
+        + (
+            f": {samples / PROFILE_RATE:.1f} s of thread time, against {cpu_s:.1f} s of CPU"
+            " time of the node over the phase (a thread waiting for the GIL samples as busy,"
+            " so the shares say where threads are rather than exact CPU)."
+            if cpu_s is not None
+            else "."
+        ),
         "",
         "Where the samples are, by the innermost frame that belongs to a category:",
         "",
@@ -724,7 +764,9 @@ def main(argv: list[str]) -> int:
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt  # the same clean-up as Ctrl-C
 
+    # SIGINT too: a shell's background job inherits it ignored, and then Python sets no handler.
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     root = Path(tempfile.mkdtemp(prefix="shardroute-bench-network-"))
     results: list[Result] = []
     profile = ""
