@@ -47,6 +47,7 @@ from typing import Protocol
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.netnodes import (
+    REDIAL_AFTER,
     ROOT,
     ControlPeer,
     NodeFailure,
@@ -168,7 +169,7 @@ class Result:
     cpu_find: float
     rss_max: float
     rss_median: float
-    version: str = ""
+    redials: int  # go/js: joins that hung up on the seed and dialed again
 
     def ok_ms(self, outcomes: list[Outcome]) -> list[float]:
         return [o.seconds * 1000 for o in outcomes if o.ok]
@@ -219,6 +220,7 @@ def table(results: list[Result]) -> str:
     )
     for key in figs[0]:
         rows.append(f"| {key} | " + " | ".join(fmt(f[key]) for f in figs) + " |")
+    rows.append("| join redials | " + " | ".join(str(r.redials) for r in results) + " |")
     rows.append(
         "| provide / find phase wall s | "
         + " | ".join(f"{r.provide_wall:.1f} / {r.find_wall:.1f}" for r in results)
@@ -440,6 +442,7 @@ def run_impl(impl: str, plan: Plan, args: argparse.Namespace, root: Path) -> tup
                 cpu_find,
                 max(rss),
                 statistics.median(rss),
+                sum(n.redials for n in net.nodes if isinstance(n, ControlPeer)),
             ),
             profile,
         )
@@ -663,14 +666,29 @@ def commit() -> str:
         return "unknown"
 
 
-def markdown(results: list[Result], args: argparse.Namespace, profile: str, argv: list[str]) -> str:
+def loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def markdown(
+    results: list[Result], args: argparse.Namespace, profile: str, argv: list[str], load: str
+) -> str:
     model, cpus = machine()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python bench/bench_network.py " + shlex.join(argv)
+    shown = list(argv)
+    if "--note" in shown:  # the note is printed below the command, not in it
+        i = shown.index("--note")
+        del shown[i : i + 2]
+    shown = [a for a in shown if not a.startswith("--note=")]
+    command = "python bench/bench_network.py " + shlex.join(shown)
     note = f"\n{args.note}\n" if args.note else ""
     body = f"""## {SECTION}
 
-Measured {stamp} on {model}, {cpus} cores, commit {commit()}: `{command.strip()}`.
+Measured {stamp} on {model}, {cpus} cores, commit {commit()}: `{command.strip()}`. One-minute
+load average {load} at the start and {loadavg()} at the end (everything this run started included).
 {note}
 `bench/bench_network.py`: per implementation {args.nodes} node processes on 127.0.0.1, the first
 the bootstrap peer of the rest; {len(results[0].provides)} provides spread over all nodes, then
@@ -683,8 +701,10 @@ kad-dht): the interop peers, driven over their JSON-lines control protocol (`pro
 the ADD_PROVIDER sends in both). Latencies are of successful operations; CPU is utime+stime of
 all node processes (children included) over the provides and finds only; peak RSS is each node's
 VmHWM; join is from spawning a node to joined (shardroute: health SERVING, i.e. its join lookups
-done; go/js: `dial` to the first node and `bootstrap` returned), {args.concurrency} nodes starting
-at a time.
+done; go/js: `dial` to the first node, the first node in the routing table, `bootstrap`
+returned), {args.concurrency} nodes starting at a time. A go or js peer whose table is still
+empty {REDIAL_AFTER:.0f} s after the dial hangs up and dials again ("join redials": js admits
+a new contact only if one ping to it answers within its adaptive timeout).
 
 {table(results)}
 
@@ -759,6 +779,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    load = loadavg()  # how busy the machine was before we started anything
     plan = make_plan(args.nodes, args.provides, args.finds, args.seed)
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -795,7 +816,7 @@ def main(argv: list[str]) -> int:
     if profile:
         print("\n" + profile)
     if args.markdown or args.write:
-        section = markdown(results, args, profile, argv)
+        section = markdown(results, args, profile, argv, load)
         if args.markdown:
             print("\n" + section)
         if args.write:

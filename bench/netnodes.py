@@ -6,6 +6,7 @@ main thread (also on Ctrl-C)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import signal
@@ -25,6 +26,7 @@ from shardroute.api.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+REDIAL_AFTER = 10.0  # seconds a joining go/js peer waits for the seed in its table
 
 
 class NodeFailure(RuntimeError):
@@ -278,6 +280,7 @@ class ControlPeer(NodeProcess):
         )
         self.peer_id = ""
         self.addr = ""
+        self.redials = 0
         self._ids = 0
 
     def wait_ready(self, timeout: float) -> None:
@@ -297,6 +300,9 @@ class ControlPeer(NodeProcess):
         ours is a few seconds more). One at a time: callers hold `self.lock` when they share
         the peer between threads."""
         assert self.proc.stdin is not None
+        timeout = max(
+            1, math.ceil(timeout)
+        )  # whole seconds: js's AbortSignal.timeout takes whole ms
         self._ids += 1
         request = {"id": self._ids, "cmd": name, "timeout_s": timeout, **args}
         try:
@@ -317,21 +323,33 @@ class ControlPeer(NodeProcess):
         return dict(answer)
 
     def join(self, seed: str, timeout: float) -> None:
-        # Fresh processes on a busy machine: a first dial may time out, so one more try.
-        for attempt in range(2):
-            try:
-                self.command("dial", timeout / 2, addr=seed)
-                break
-            except RuntimeError:
-                if attempt == 1:
-                    raise
-        # The table takes the seed in once identify has shown its DHT protocol, which go and
-        # js do after the dial returns; bootstrap before that finds no one to ask.
+        """Dial the seed, wait until it is in the routing table, then bootstrap. js admits a
+        new contact only if one ping answers within its adaptive timeout (5 s at least), which
+        a busy seed can miss, and then never asks again on that connection: so after
+        REDIAL_AFTER seconds without the seed, hang up and dial again (counted in `redials`)."""
         deadline = time.monotonic() + timeout
-        while not self.command("routing_table", timeout)["size"]:
+        seed_id = seed.rsplit("/p2p/", 1)[1]
+        while True:
+            self.command("dial", max(1.0, deadline - time.monotonic()), addr=seed)
+            # The table takes the seed in once identify has shown its DHT protocol, which go
+            # and js do after the dial returns; bootstrap before that finds no one to ask.
+            retry_at = min(deadline, time.monotonic() + REDIAL_AFTER)
+            while not self.command("routing_table", timeout)["size"]:
+                if time.monotonic() > retry_at:
+                    break
+                time.sleep(0.05)
+            else:
+                break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the seed never entered the routing table in {timeout:.0f} s")
-            time.sleep(0.02)
+                raise RuntimeError(
+                    f"the seed never entered the routing table in {timeout:.0f} s "
+                    f"({self.redials} redials)"
+                )
+            try:
+                self.command("hangup", 10, peer_id=seed_id)
+            except RuntimeError:
+                pass  # a peer without `hangup` (go): the next dial reuses the connection
+            self.redials += 1
         self.command("bootstrap", timeout)
         self.joined_at = time.monotonic()
 
