@@ -47,6 +47,7 @@ from typing import Protocol
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.netnodes import (
+    CLOCK_TICK,
     REDIAL_AFTER,
     ROOT,
     ControlPeer,
@@ -62,6 +63,9 @@ from tests.interop.thirdparty import command_line, require
 IMPLS = ("shardroute", "go", "js")
 SECTION = "Network of node processes (issue 16)"
 DOC = ROOT / "docs" / "benchmarks.md"
+
+
+Call = Callable[[], "int | None"]  # an operation; a provide may say how many peers took it
 
 
 class Node(Protocol):
@@ -111,16 +115,15 @@ class Outcome:
     ok: bool
     seconds: float
     error: str = ""
+    stored_on: int | None = None  # shardroute's provides: peers that took the record
 
 
-def run_ops(
-    ops: Sequence[tuple[Node, Callable[[], None]]], concurrency: int, budget: float
-) -> list[Outcome]:
+def run_ops(ops: Sequence[tuple[Node, Call]], concurrency: int, budget: float) -> list[Outcome]:
     """Each op on its node, `concurrency` at a time; timed from when it holds its node. Ops not
     started within `budget` seconds of the phase start fail as skipped."""
     deadline = time.monotonic() + budget
 
-    def one(node: Node, call: Callable[[], None]) -> Outcome:
+    def one(node: Node, call: Call) -> Outcome:
         if not node.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return Outcome(False, 0.0, "skipped: phase budget spent waiting for the node")
         try:
@@ -128,10 +131,10 @@ def run_ops(
                 return Outcome(False, 0.0, "skipped: phase budget spent")
             t0 = time.perf_counter()
             try:
-                call()
+                stored_on = call()
             except Exception as exc:  # an operation's failure is a result, not a crash
                 return Outcome(False, time.perf_counter() - t0, f"{type(exc).__name__}: {exc}")
-            return Outcome(True, time.perf_counter() - t0)
+            return Outcome(True, time.perf_counter() - t0, stored_on=stored_on)
         finally:
             node.lock.release()
 
@@ -201,6 +204,11 @@ def fmt(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
 
 
+def stored_on(r: Result) -> str:
+    counts = [o.stored_on for o in r.provides if o.ok and o.stored_on is not None]
+    return f"{statistics.median(counts):g}" if counts else "n/a"
+
+
 def table(results: list[Result]) -> str:
     names = [r.impl for r in results]
     rows = [
@@ -220,6 +228,9 @@ def table(results: list[Result]) -> str:
     )
     for key in figs[0]:
         rows.append(f"| {key} | " + " | ".join(fmt(f[key]) for f in figs) + " |")
+    rows.append(
+        "| provide stored on, median peers | " + " | ".join(stored_on(r) for r in results) + " |"
+    )
     rows.append("| join redials | " + " | ".join(str(r.redials) for r in results) + " |")
     rows.append(
         "| provide / find phase wall s | "
@@ -344,17 +355,21 @@ class Network:
 
 def op_calls(
     net: Network, plan: Plan, args: argparse.Namespace
-) -> tuple[list[tuple[Node, Callable[[], None]]], list[tuple[Node, Callable[[], None]]]]:
+) -> tuple[list[tuple[Node, Call]], list[tuple[Node, Call]]]:
     nodes = net.nodes
     timeout = args.op_timeout
 
-    def provide(node: NodeProcess, cid: str) -> Callable[[], None]:
+    def provide(node: NodeProcess, cid: str) -> Call:
         if isinstance(node, ServeNode):
             return lambda: node.provide(cid)
         assert isinstance(node, ControlPeer)
-        return lambda: node.provide(cid, timeout)
 
-    def find(node: NodeProcess, cid: str, want: str) -> Callable[[], None]:
+        def call() -> None:
+            node.provide(cid, timeout)
+
+        return call
+
+    def find(node: NodeProcess, cid: str, want: str) -> Call:
         def call() -> None:
             if isinstance(node, ServeNode):
                 found = node.find(cid, timeout)
@@ -720,7 +735,8 @@ processes driven through `shardroute.api.client.Client`, a provide is `announce(
 (returns once the publication reached peers); go (go-libp2p-kad-dht v0.42.2) and js (js-libp2p
 kad-dht): the interop peers, driven over their JSON-lines control protocol (`provide` waits for
 the ADD_PROVIDER sends in both). Latencies are of successful operations; CPU is utime+stime of
-all node processes (children included) over the provides and finds only; peak RSS is each node's
+all node processes (children included) over the provides and finds only, counted in
+{1000 / CLOCK_TICK:.0f} ms ticks per process (so the smallest figures are coarse); peak RSS is each node's
 VmHWM; join is from spawning a node to joined (shardroute: health SERVING, i.e. its join lookups
 done; go/js: `dial` to the first node, the first node in the routing table, `bootstrap`
 returned), {args.concurrency} nodes starting at a time. A go or js peer whose table is still
@@ -731,6 +747,11 @@ a new contact only if one ping to it answers within its adaptive timeout).
 
 {ratios(results)}
 """
+    if args.nodes <= 20:
+        body += (
+            f"\nWith {args.nodes} nodes every node is among a CID's 20 closest: a provide reaches"
+            " every node and a find is answered from the finder's own store.\n"
+        )
     errs = failures(results)
     if errs:
         body += f"\nFailed operations (most common errors):\n\n{errs}\n"

@@ -251,10 +251,12 @@ class ServeNode(NodeProcess):
         finally:
             channel.close()
 
-    def provide(self, cid: str) -> None:
+    def provide(self, cid: str) -> int:
+        """Announce and wait; the number of peers that took the record."""
         result = self.client.announce([cid], wait=True)
         if not result.stored_on:
             raise RuntimeError(f"announce --wait: stored on {result.stored_on} peers")
+        return result.stored_on
 
     def find(self, cid: str, timeout: float) -> list[str]:
         return [p.peer_id for p in self.client.find_providers(cid, count=1, timeout=timeout)]
