@@ -65,6 +65,11 @@ async function handle (req) {
     case 'dial':
       await node.dial(multiaddr(req.addr), opts)
       return {}
+    case 'hangup':
+      // Closes every connection to the peer, so that a new dial runs the topology's
+      // on-connect again (kad-dht admits a new contact only if its one ping answers in time).
+      await node.hangUp(peerIdFromString(req.peer_id), opts)
+      return {}
     case 'ping': {
       const target = req.addr ? multiaddr(req.addr) : peerIdFromString(req.peer_id)
       const rtts = []
