@@ -62,6 +62,11 @@ class Stream(Protocol):
 
     async def reset(self) -> None: ...
 
+    async def confirm_protocol(self) -> None:
+        """Wait until the peer accepted the stream's protocol (it may have been proposed
+        together with the first message)."""
+        ...
+
 
 class StreamHost(Protocol):
     """What the kad transport needs of a libp2p host (`net.host.Host` is one)."""
@@ -155,6 +160,8 @@ class StreamTransport:
                 stream = await self._open(peer)
                 try:
                     await stream.send(b"".join(frame(encode_message(m)) for m in messages))
+                    # Nothing is answered: at least learn that the peer took the protocol.
+                    await stream.confirm_protocol()
                     await stream.aclose()
                 except BaseException:
                     with anyio.CancelScope(shield=True):

@@ -489,6 +489,17 @@ class Host:
         self, peer: PeerId, protocols: Sequence[str], *, addrs: Sequence[Multiaddr] = ()
     ) -> MuxedStream:
         conn = await self.connect(peer, addrs)
+        if len(protocols) == 1 and protocols[0] in self.peerstore.protocols(peer):
+            # It told us it speaks it: propose with the first message, not a round trip ahead.
+            held = self.resources.open_stream(peer, inbound=False)
+            try:
+                stream = await conn.open_stream()
+            except BaseException:
+                held.release()
+                raise
+            stream.hold(held)
+            stream.negotiate_lazily(protocols[0])
+            return stream
         return await self.open_stream_on(conn, protocols)
 
     async def open_stream_on(self, conn: MuxedConnection, protocols: Sequence[str]) -> MuxedStream:

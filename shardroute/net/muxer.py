@@ -24,6 +24,7 @@ from shardroute.errors import (
     StreamReset,
 )
 from shardroute.identity.peer_id import PeerId
+from shardroute.net.negotiate import LazyProtocol
 from shardroute.net.resources import Reservation
 from shardroute.net.secure import SecureChannel
 from shardroute.protocol.yamux import (
@@ -82,6 +83,7 @@ class MuxedStream:
         self._gone = False
         self._changed = Wakeup()
         self._held: list[Reservation] = []
+        self._lazy: LazyProtocol | None = None  # a proposal not yet written / answer not read
         self._accounted = 0  # bytes of _buffer charged to the connection's memory budget
 
     @property
@@ -92,6 +94,17 @@ class MuxedStream:
     def finished_locally(self) -> bool:
         """We closed or reset our side; nothing more will be read from it."""
         return self._gone
+
+    def negotiate_lazily(self, protocol: str) -> None:
+        """Propose `protocol` with the first write and read the answer before the first read."""
+        self._lazy = LazyProtocol(self, protocol)
+        self.protocol = protocol
+
+    async def confirm_protocol(self) -> None:
+        """Wait for the peer's answer to a lazy proposal (nothing to do otherwise)."""
+        lazy, self._lazy = self._lazy, None
+        if lazy is not None:
+            await lazy.confirm()
 
     def hold(self, reservation: Reservation) -> None:
         """Keep `reservation` for as long as the stream lives."""
@@ -151,6 +164,8 @@ class MuxedStream:
 
     # -- the application side --
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._lazy is not None:
+            await self.confirm_protocol()
         while not self._buffer:
             if self._reset:
                 raise StreamReset(f"stream {self.stream_id} was reset")
@@ -182,6 +197,8 @@ class MuxedStream:
         return bytes(out)
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
+        if self._lazy is not None and (proposal := self._lazy.take_proposal()):
+            data = proposal + bytes(data)  # one frame: proposal and first message together
         view = memoryview(data)
         while view:
             if self._reset:
@@ -201,6 +218,8 @@ class MuxedStream:
     async def send_eof(self) -> None:
         if self._write_closed or self._reset or self.conn.closed:
             return
+        if self._lazy is not None and (proposal := self._lazy.take_proposal()):
+            await self.send(proposal)
         self._write_closed = True
         self.conn.session.close_stream(self.stream_id)
         if not self.conn.session.has_stream(self.stream_id):
