@@ -10,8 +10,11 @@ import datetime as dt
 import email.utils
 import hashlib
 import ipaddress
+import os
+import socket
 import sqlite3
 import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,7 +32,7 @@ from shardroute.api.routing_http import RoutingHttpServer
 from shardroute.api.routing_v1 import ROUTE_NAMES
 from shardroute.app import App
 from shardroute.clock import FakeClock
-from shardroute.config import Settings
+from shardroute.config import ConfigError, Settings, load_settings
 from shardroute.content import DAG_PB_CODEC, ContentId
 from shardroute.errors import ConnectionClosed, StartupError, StreamReset
 from shardroute.identity.keys import Ed25519PrivateKey
@@ -40,6 +43,7 @@ from shardroute.store.engine import DATABASE_FILE
 from tests.support.http import connect, get
 from tests.support.nodes import address, loopback_app
 from tests.support.peers import keyed_peer_id
+from tests.support.serve import ENV, SHARDROUTE
 from tests.support.settings import loopback
 
 pytestmark = pytest.mark.anyio
@@ -529,3 +533,33 @@ async def test_a_routing_port_in_use_is_refused_before_anything_starts(tmp_path:
 
 def test_metric_routes_are_the_servers_routes() -> None:
     assert tuple(ROUTING_HTTP_ROUTES) == ROUTE_NAMES
+
+
+def test_serve_refuses_a_held_routing_port_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        held = f"127.0.0.1:{holder.getsockname()[1]}"
+        command = [*SHARDROUTE, "serve", "--data-dir", str(tmp_path / "n")]
+        command += ["--routing-http", held, "--grpc", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]
+        result = subprocess.run(
+            [*command, "--listen", "/ip4/127.0.0.1/tcp/0"],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=60,
+        )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("shardroute serve:")]
+    assert f"routing_http {held}: cannot listen: the port is in use by pid {os.getpid()}" in line
+    assert not (tmp_path / "n" / DATABASE_FILE).exists()
+
+
+def test_the_routing_http_setting_is_host_port_or_empty() -> None:
+    assert Settings().routing_http == "127.0.0.1:8190"
+    env = {"SHARDROUTE_ROUTING_HTTP": "0.0.0.0:9000"}
+    assert load_settings(env=env).routing_http == "0.0.0.0:9000"
+    assert load_settings(overrides={"routing_http": ""}).routing_http == ""
+    for bad in ("8190", "localhost", "host:port", "127.0.0.1:70000"):
+        with pytest.raises(ConfigError, match=r"routing_http \(environment"):
+            load_settings(env={"SHARDROUTE_ROUTING_HTTP": bad})
