@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from multiaddr import Multiaddr
 
@@ -70,6 +70,7 @@ def test_routes() -> None:
         assert refusal.message
 
 
+@settings(deadline=None)  # py-cid parses slowly on a loaded machine
 @given(st.text(max_size=300), st.sampled_from(["GET", "PUT", "OPTIONS", "HEAD", "X"]))
 def test_any_target_parses_or_is_refused(target: str, method: str) -> None:
     parsed = parse_request(method, "/routing/v1/" + target, [target])
