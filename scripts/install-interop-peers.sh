@@ -3,7 +3,8 @@
 # - rust-libp2p and current go-libp2p-kad-dht, built from tests/interop/peers/{rust,go} with
 #   their build caches outside the clone (a second run on the same machine takes seconds);
 # - go-libp2p-kad-dht v0.20 (PyPI libp2p-go) and py-libp2p (PyPI libp2p) in their own
-#   virtualenvs, and js-libp2p from the npm lock file.
+#   virtualenvs, js-libp2p from the npm lock file, and Helia's Delegated Routing V1 HTTP API
+#   client (npm, cached outside the clone).
 # Idempotent. Any failure fails the script, so CI fails; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +50,21 @@ if [ -f tests/interop/peers/js/package-lock.json ] && [ ! -d tests/interop/peers
   (cd tests/interop/peers/js && npm ci --no-audit --no-fund --loglevel=error)
   echo "installed js-libp2p"
 fi
+
+# Helia's Delegated Routing V1 HTTP client: installed from its lock file into the cache,
+# reinstalled only when the lock changes; the clone gets a node_modules link to it.
+install_routing_client() {
+  local src=tests/interop/peers/routing-v1-client dir=$CACHE/routing-v1-client
+  if ! cmp -s "$src/package-lock.json" "$dir/package-lock.json" || [ ! -d "$dir/node_modules" ]; then
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp "$src/package.json" "$src/package-lock.json" "$dir/"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "installed @helia/delegated-routing-v1-http-api-client in $dir"
+  fi
+  ln -sfn "$dir/node_modules" "$src/node_modules"
+}
+install_routing_client
 
 status=0
 for build in "go:$go_build" "rust:$rust_build"; do

@@ -27,6 +27,7 @@ from shardroute import __version__, limits
 from shardroute.addrs import parse_multiaddr, with_p2p
 from shardroute.api.access import ApiAccess
 from shardroute.api.backend import NodeStatus, RoutingEntry
+from shardroute.api.routing_http import RoutingHttpServer
 from shardroute.api.server import ApiServer
 from shardroute.api.service import ShardRouteService
 from shardroute.clock import Clock, SystemClock
@@ -87,6 +88,7 @@ class App(Service):
         self.joined = anyio.Event()  # set once the first join finished
         self.api: ApiServer | None = None
         self.metrics_port: int | None = None
+        self.routing_http: RoutingHttpServer | None = None
 
     # -- building ------------------------------------------------------------------------------
 
@@ -181,9 +183,10 @@ class App(Service):
             tls_key=settings.api_tls_key,
             tls_client_ca=settings.api_tls_client_ca,
         )
-        self.access.check_exposure(
-            "grpc_listen", settings.grpc_listen, insecure=settings.insecure_api
-        )
+        for setting in ("grpc_listen", "routing_http"):
+            self.access.check_exposure(
+                setting, getattr(settings, setting), insecure=settings.insecure_api
+            )
         if settings.grpc_listen:
             self.api = ApiServer(
                 ShardRouteService(self, self.metrics, batch_limit=settings.announce_batch_limit),
@@ -192,6 +195,19 @@ class App(Service):
             )
         if settings.metrics:
             self.metrics_port = self._serve_metrics(stack, settings.metrics)
+        if settings.routing_http:
+            self.routing_http = RoutingHttpServer(
+                self,
+                settings.routing_http,
+                metrics=self.metrics,
+                query_timeout=settings.query_timeout,
+                share_private=settings.share_private_addrs,
+                clock=self.clock,
+                bearer_token=self.access.token,
+                ssl_context=self.access.ssl_context(),
+            )
+            await self.routing_http.bind()
+            stack.push_async_callback(self.routing_http.release)
         if storage is None:
             store = await SqliteStore.open(
                 Path(settings.data_dir), max_providers_per_key=settings.max_providers_per_key
@@ -220,14 +236,22 @@ class App(Service):
         if self.api is not None:
             await self.api.start(serving=not settings.bootstrap)
             stack.push_async_callback(_shielded, self.api.stop, 5.0)
+        if self.routing_http is not None:
+            await stack.enter_async_context(self.routing_http)
         log.info(
-            "node %s running in %s mode under %s%s%s",
+            "node %s running in %s mode under %s%s%s%s",
             self.peer_id,
             self.dht.mode,
             self.dht.config.protocol_id,
             f"; gRPC on port {self.api.port}" if self.api else "",
             f"; metrics on port {self.metrics_port}" if self.metrics_port is not None else "",
+            f"; routing HTTP on port {self.routing_http_port}" if self.routing_http else "",
         )
+
+    @property
+    def routing_http_port(self) -> int | None:
+        """The Delegated Routing V1 HTTP API's bound port, once started (None when off)."""
+        return None if self.routing_http is None else self.routing_http.port
 
     def _serve_metrics(self, stack: AsyncExitStack, address: str) -> int:
         host, _, port = address.rpartition(":")
@@ -316,6 +340,14 @@ class App(Service):
 
     async def closest_peers(self, key: bytes) -> LookupReport:
         return await self.dht.get_closest_peers(key)
+
+    async def find_peer(self, peer: PeerId) -> PeerInfo | None:
+        return self.dht.peer_info(peer) or await self.dht.find_peer(peer)
+
+    def protocols_of(self, peer: PeerId) -> tuple[str, ...]:
+        if peer == self.peer_id:
+            return tuple(self.host.protocols())
+        return tuple(sorted(self.host.peerstore.protocols(peer)))
 
     async def put_value(self, key: bytes, value: bytes) -> PutReport:
         return await self.dht.put_value(key, value)

@@ -68,6 +68,7 @@ class Settings:
     api_tls_client_ca: str = ""
     insecure_api: bool = False
     metrics: str = "127.0.0.1:9464"
+    routing_http: str = "127.0.0.1:8190"
     log_level: str = "info"
     log_format: LogFormat = "text"
     max_connections: int = limits.MAX_CONNECTIONS
@@ -215,7 +216,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{name} ({source}): expected true or false, got {value!r}")
         return value
-    if name in ("grpc_listen", "metrics"):
+    if name in ("grpc_listen", "metrics", "routing_http"):
         return _host_port(name, value, source)
     if not isinstance(value, str):
         raise ConfigError(f"{name} ({source}): expected text, got {value!r}")

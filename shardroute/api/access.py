@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,7 @@ class ApiAccess:
     tls_cert: bytes | None = None
     tls_key: bytes | None = None
     tls_client_ca: bytes | None = None  # set: callers need a certificate signed by it
+    tls_files: tuple[str, str, str] = ("", "", "")  # cert, key, client CA: for ssl contexts
 
     @classmethod
     def from_files(
@@ -108,6 +110,7 @@ class ApiAccess:
             tls_cert=_read_pem(tls_cert, "api_tls_cert") if tls_cert else None,
             tls_key=_read_pem(tls_key, "api_tls_key") if tls_key else None,
             tls_client_ca=_read_pem(tls_client_ca, "api_tls_client_ca") if tls_client_ca else None,
+            tls_files=(tls_cert, tls_key, tls_client_ca),
         )
 
     @property
@@ -130,6 +133,21 @@ class ApiAccess:
             root_certificates=self.tls_client_ca,
             require_client_auth=self.tls_client_ca is not None,
         )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The same TLS rule for HTTP servers (the routing API)."""
+        cert, key, client_ca = self.tls_files
+        if not cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(cert, key)
+            if client_ca:
+                context.load_verify_locations(client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"api_tls_cert {cert}: unusable for TLS: {exc}") from None
+        return context
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         return [] if self.token is None else [TokenInterceptor(self.token)]

@@ -81,6 +81,12 @@ def _serve_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         help=f"where the Prometheus endpoint listens; empty turns it off (default {d.metrics})",
     )
     serve.add_argument(
+        "--routing-http",
+        metavar="HOST:PORT",
+        help="where the Delegated Routing V1 HTTP API listens; empty turns it off "
+        f"(default {d.routing_http})",
+    )
+    serve.add_argument(
         "--data-dir", metavar="DIR", help=f"the node's key and state (default {d.data_dir})"
     )
     serve.add_argument("--config", metavar="FILE", type=Path, help="TOML file of settings")

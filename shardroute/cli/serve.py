@@ -45,6 +45,7 @@ SERVE_FLAGS = (
     "mode",
     "grpc_listen",
     "metrics",
+    "routing_http",
     "data_dir",
     "log_level",
     "log_format",

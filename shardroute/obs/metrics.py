@@ -78,6 +78,15 @@ GRPC_METHODS = (
     "ListRoutingTable",
     "Connect",
 )
+# The Delegated Routing V1 HTTP API's routes (api/routing_v1.py Route) and the statuses each
+# answers when nothing is wrong with the server (preflights, 401 and 429 come on top).
+ROUTING_HTTP_ROUTES = {
+    "providers": ("200", "400"),
+    "peers": ("200", "400"),
+    "ipns": ("501",),
+    "closest_peers": ("501",),
+    "other": ("400", "404"),
+}
 
 
 class Metrics:
@@ -181,6 +190,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.routing_http_requests_total = Counter(
+            "shardroute_routing_http_requests_total",
+            "Delegated Routing V1 HTTP requests answered, by route and HTTP status (a stream"
+            " counts when it ends).",
+            ["route", "status"],
+            registry=r,
+        )
+        self.routing_http_request_duration_seconds = Histogram(
+            "shardroute_routing_http_request_duration_seconds",
+            "How long Delegated Routing V1 HTTP requests took until their answer ended, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.store_operation_seconds = Histogram(
             "shardroute_store_operation_seconds",
             "How long SQLite store operations took, by repository and operation.",
@@ -273,6 +296,10 @@ class Metrics:
             self.grpc_request_duration_seconds.labels(method)
         for scope, resource in RESOURCE_REFUSALS:
             self.resource_refusals_total.labels(scope, resource)
+        for route, statuses in ROUTING_HTTP_ROUTES.items():
+            self.routing_http_request_duration_seconds.labels(route)
+            for status in statuses:
+                self.routing_http_requests_total.labels(route, status)
         for counter, values in (
             (self.bad_messages_total, BAD_MESSAGE_REASONS),
             (self.evictions_total, EVICTION_REASONS),

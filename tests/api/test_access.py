@@ -109,6 +109,8 @@ def test_an_exposed_api_needs_protection_or_insecure_api(tmp_path: Path) -> None
         f"0.0.0.0:{port}",
         "--metrics",
         "",
+        "--routing-http",
+        "",
     ]
     refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1

@@ -21,7 +21,7 @@ from tests.support.serve import ENV, SHARDROUTE, ServeProcess, cli, free_port, s
 
 pytestmark = pytest.mark.network
 
-LOOPBACK = ("--listen", "/ip4/127.0.0.1/tcp/0")
+LOOPBACK = ("--listen", "/ip4/127.0.0.1/tcp/0", "--routing-http", "127.0.0.1:0")
 
 
 def digest(i: int) -> bytes:
@@ -106,6 +106,8 @@ def test_ports_in_use_for_metrics_or_libp2p_are_one_line_each(
         run_serve(
             "--listen",
             listen,
+            "--routing-http",
+            "127.0.0.1:0",
             "--grpc",
             "127.0.0.1:0",
             "--metrics",

@@ -124,7 +124,10 @@ def db_upgrade(data_dir: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-LOOPBACK = ("--grpc", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0")
+LOOPBACK = (
+    *("--grpc", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--routing-http", "127.0.0.1:0"),
+    *("--listen", "/ip4/127.0.0.1/tcp/0"),
+)
 
 
 def test_db_upgrade_migrates_an_old_database_and_refuses_what_it_cannot_use(

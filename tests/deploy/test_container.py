@@ -182,7 +182,7 @@ def listening_ports(settings: Settings) -> dict[str, int]:
         endpoint = tcp_endpoint(parse_multiaddr(addr))
         assert endpoint is not None, addr
         ports[f"listen {addr}"] = endpoint[1]
-    for name in ("grpc_listen", "metrics"):
+    for name in ("grpc_listen", "metrics", "routing_http"):
         value = getattr(settings, name)
         assert value.rpartition(":")[0] in ("0.0.0.0", "[::]"), f"{name} {value}: container-only"
         ports[name] = int(value.rpartition(":")[2])

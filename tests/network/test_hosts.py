@@ -277,6 +277,8 @@ def test_a_host_that_claims_other_ip_groups_still_counts_in_its_real_one(network
                 f"127.0.0.1:{7070 + j}",
                 "--metrics",
                 f"127.0.0.1:{9464 + j}",
+                "--routing-http",
+                f"127.0.0.1:{8190 + j}",
                 "--bootstrap",
                 victim.address,
                 env_extra={"SHARDROUTE_ANNOUNCE": claims},

@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,12 +110,17 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServeProc
     """Three joined nodes; the third ends lookups after 1 s so its timeouts can be provoked."""
     tmp = tmp_path_factory.mktemp("live")
     fast = {"SHARDROUTE_QUERY_TIMEOUT": "1", "SHARDROUTE_REQUEST_TIMEOUT": "1"}
-    with serve(tmp / "a", metrics_port=free_port()) as a:  # noqa: SIM117 (b and c need a)
+    with serve(  # noqa: SIM117 (b and c need a)
+        tmp / "a", metrics_port=free_port(), routing_http_port=ROUTING_PORT
+    ) as a:
         with serve(tmp / "b", "--bootstrap", a.addrs[0], metrics_port=free_port()) as b:
             with serve(
                 tmp / "c", "--bootstrap", a.addrs[0], metrics_port=free_port(), env=fast
             ) as c:
                 yield [a, b, c]
+
+
+ROUTING_PORT = free_port()
 
 
 def metrics_target(node: ServeProcess) -> str:
@@ -174,6 +180,11 @@ def drive_traffic(a: ServeProcess, b: ServeProcess, c: ServeProcess) -> None:
         record_key = b"/pk/" + PeerId.from_public_key(key).raw
         assert at_a.put_value(record_key, key.to_protobuf()) >= 1
         assert at_b.get_value(record_key) == key.to_protobuf()
+
+    # The Delegated Routing HTTP API of a, asked as an IPFS tool would.
+    url = f"http://127.0.0.1:{ROUTING_PORT}/routing/v1/providers/{shards[0]}"
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        assert json.load(answer)["Providers"]
 
     # b stops answering: c's lookup waits on it until c's 1 s query timeout ends it.
     b.proc.send_signal(signal.SIGSTOP)

@@ -99,6 +99,7 @@ def serve(
     lines: int | None = None,
     grpc_port: int | None = None,
     metrics_port: int = 0,
+    routing_http_port: int = 0,
     env: Mapping[str, str] | None = None,
     wait: bool = True,
 ) -> Iterator[ServeProcess]:
@@ -110,7 +111,8 @@ def serve(
     command = [*SHARDROUTE, "serve", "--data-dir", str(data_dir)]
     for addr in listen:
         command += ["--listen", addr]
-    command += ["--grpc", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{metrics_port}", *extra]
+    command += ["--grpc", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{metrics_port}"]
+    command += ["--routing-http", f"127.0.0.1:{routing_http_port}", *extra]
     offset = len(log_path.read_text(errors="replace")) if log_path.exists() else 0
     with log_path.open("a") as log:
         proc = subprocess.Popen(

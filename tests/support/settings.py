@@ -13,6 +13,7 @@ LOOPBACK = dataclasses.replace(
     listen=("/ip4/127.0.0.1/tcp/0",),
     grpc_listen="",
     metrics="",
+    routing_http="",
     diversity_filter=False,
 )
 
