@@ -6,6 +6,7 @@ import argparse
 import gc
 import logging
 import os
+import resource
 import signal
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,8 +22,22 @@ from shardroute.obs.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+def raise_file_limit() -> int:
+    """Lift the soft limit on open files to the hard one (go-libp2p does the same): every
+    connection is a descriptor, and the resource manager, not the kernel's default of 1,024,
+    should be what refuses peers. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+    return hard
+
+
 async def run_node(settings: Settings, announce: Callable[[Sequence[str]], None]) -> None:
     """Run until SIGINT or SIGTERM; `announce` receives the full listen multiaddrs once bound."""
+    log.debug("open-file limit: %d", raise_file_limit())
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with App(settings, metrics=Metrics(prometheus_client.REGISTRY)) as app:
             # What start-up built (modules, migrations, the schema) lives as long as the
