@@ -84,6 +84,10 @@ class ContentId:
             raise InvalidCid("empty CID")
         if len(data) > MAX_CID_BYTES:
             raise InvalidCid(f"CID of {len(data)} bytes is too long")
+        # A binary CIDv0 is its bare sha2-256 multihash (cid spec "Decoding"); py-cid reads
+        # bytes not starting 0x00/0x01 as base58 text, so it refuses what to_bytes writes.
+        if len(data) == 34 and data[:2] == _SHA256_PREFIX:
+            return cls(0, DAG_PB_CODEC, bytes(data))
         try:
             parsed = pycid.from_bytes(bytes(data))
         except (ValueError, TypeError, KeyError) as exc:
