@@ -22,6 +22,10 @@ MAX_ADDR_BYTES = 1024
 def parse_multiaddr(text: str) -> Multiaddr:
     try:
         addr = Multiaddr(text)
+        if "/p2p/" in text:
+            # `multiaddr` writes a CID-form peer ID's CID bytes where the spec (and go) put
+            # the multihash; the text it prints is the multihash, so reparse that.
+            addr = Multiaddr(str(addr))
         addr.to_bytes()
         return addr
     except Exception as exc:  # the package raises several unrelated types
