@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -56,7 +57,9 @@ class Result:
     parser: str
     executions: int
     seconds: float
+    cpu_seconds: float  # the child's user+system time: the machine may be shared
     exec_per_second: int
+    exec_per_cpu_second: int
     coverage: int  # libFuzzer "cov": instrumented edges reached
     features: int  # libFuzzer "ft"
     corpus: int
@@ -106,9 +109,12 @@ def run(
         args.append(f"-max_total_time={seconds}")
     cmd = [sys.executable, "-m", "bench.fuzz", "_worker", parser, str(base / "corpus"), *args]
     started = time.monotonic()
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     elapsed = time.monotonic() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     log = proc.stdout + proc.stderr
     (base / "log.txt").write_text(log)
     executions = _last_int(r"stat::number_of_executed_units:\s*(\d+)", log)
@@ -118,7 +124,9 @@ def run(
         parser=parser,
         executions=executions,
         seconds=round(elapsed, 1),
+        cpu_seconds=round(cpu, 1),
         exec_per_second=round(executions / fuzz_seconds),
+        exec_per_cpu_second=round(executions / max(cpu, 0.001)),
         coverage=_last_int(r"cov: (\d+)", log),
         features=_last_int(r"ft: (\d+)", log),
         corpus=_last_int(r"corp: (\d+)", log),
@@ -145,7 +153,8 @@ def report(workdir: Path) -> str:
         crashes = sum(a.startswith(("crash-", "oom-", "leak-")) for a in r.artifacts)
         hangs = sum(a.startswith(("timeout-", "slow-unit-")) for a in r.artifacts)
         rows.append(
-            f"| {r.parser} | {r.executions:,} | {r.seconds:,.0f} | {r.exec_per_second:,} | "
+            f"| {r.parser} | {r.executions:,} | {r.seconds:,.0f} | {r.cpu_seconds:,.0f} | "
+            f"{r.exec_per_second:,} | {r.exec_per_cpu_second:,} | "
             f"{r.coverage:,} | {r.features:,} | {r.corpus:,} | {crashes} | {hangs} |"
         )
     return (
@@ -155,8 +164,9 @@ def report(workdir: Path) -> str:
         "edges (`cov`) and features (`ft`) over shardroute and the pure-Python multiformats\n"
         "packages. A crash is any exception other than the parser's own error, or a failed\n"
         "check; a hang is an input running over 10 s.\n\n"
-        "| parser | executions | seconds | exec/s | cov | ft | corpus | crashes | hangs |\n"
-        "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+        "| parser | executions | wall s | CPU s | exec/s (wall) | exec/CPU-s | cov | ft | corpus "
+        "| crashes | hangs |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
     )
 
 
