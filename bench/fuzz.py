@@ -166,7 +166,13 @@ def report(workdir: Path) -> str:
         "check; a hang is an input running over 10 s.\n\n"
         "| parser | executions | wall s | CPU s | exec/s (wall) | exec/CPU-s | cov | ft | corpus "
         "| crashes | hangs |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+        "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        "Wall and CPU seconds include the child's start-up (imports, instrumentation, seeds).\n"
+        "exec/CPU-s is the harness's own speed; exec/s (wall) also says how busy the machine\n"
+        "was. Found by these harnesses and fixed (each with a regression test): identify\n"
+        "handing out bytes for non-UTF-8 proto2 strings; `ContentId.from_bytes` refusing a\n"
+        "binary CIDv0; `parse_multiaddr` writing `/p2p/<CID>` as the CID's bytes rather than\n"
+        'the multihash; identity peer IDs too short to hold a key (`b"\\x00\\x00"`).'
     )
 
 
