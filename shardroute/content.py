@@ -76,6 +76,9 @@ class ContentId:
             raise InvalidCid(f"unknown codec {parsed.codec!r}")
         mh = bytes(parsed.multihash)
         parse_multihash(mh)
+        # py-cid reads some short multibase text as a CIDv0 of any multihash; v0 is sha2-256.
+        if int(parsed.version) == 0 and not (len(mh) == 34 and mh[:2] == _SHA256_PREFIX):
+            raise InvalidCid("a CIDv0 must be a sha2-256 multihash")
         return cls(int(parsed.version), int(codec), mh)
 
     @classmethod

@@ -64,6 +64,12 @@ def test_binary_v0_round_trips() -> None:
     assert ContentId.from_bytes(v1.to_bytes()) == v1
 
 
+def test_a_v0_that_is_not_sha2_256_is_refused() -> None:
+    # Found by bench/fuzz.py cid: py-cid read this as a CIDv0 of a 6-byte multihash.
+    with pytest.raises(InvalidCid, match="CIDv0 must be a sha2-256"):
+        ContentId.parse("qkpa1bmjrq")
+
+
 def test_wrong_shard_hash_length() -> None:
     with pytest.raises(InvalidCid):
         ContentId.from_shard_hash(b"\x00" * 31)
