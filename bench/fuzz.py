@@ -145,6 +145,7 @@ def run(
 
 def report(workdir: Path) -> str:
     rows = []
+    short: list[str] = []
     for parser in PARSERS:
         path = workdir / parser / "result.json"
         if not path.exists():
@@ -152,6 +153,8 @@ def report(workdir: Path) -> str:
         r = Result(**json.loads(path.read_text()))
         crashes = sum(a.startswith(("crash-", "oom-", "leak-")) for a in r.artifacts)
         hangs = sum(a.startswith(("timeout-", "slow-unit-")) for a in r.artifacts)
+        if r.executions < 1_000_000:
+            short.append(f"{r.parser} ({r.exec_per_cpu_second:,} exec/CPU-s)")
         rows.append(
             f"| {r.parser} | {r.executions:,} | {r.seconds:,.0f} | {r.cpu_seconds:,.0f} | "
             f"{r.exec_per_second:,} | {r.exec_per_cpu_second:,} | "
@@ -166,13 +169,22 @@ def report(workdir: Path) -> str:
         "check; a hang is an input running over 10 s.\n\n"
         "| parser | executions | wall s | CPU s | exec/s (wall) | exec/CPU-s | cov | ft | corpus "
         "| crashes | hangs |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
-        "Wall and CPU seconds include the child's start-up (imports, instrumentation, seeds).\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n\n"
+        + (
+            "Stopped by the time cap before 10^6 executions: " + ", ".join(short) + ".\n"
+            if short
+            else ""
+        )
+        + "Wall and CPU seconds include the child's start-up (imports, instrumentation, seeds).\n"
         "exec/CPU-s is the harness's own speed; exec/s (wall) also says how busy the machine\n"
         "was. Found by these harnesses and fixed (each with a regression test): identify\n"
         "handing out bytes for non-UTF-8 proto2 strings; `ContentId.from_bytes` refusing a\n"
         "binary CIDv0; `parse_multiaddr` writing `/p2p/<CID>` as the CID's bytes rather than\n"
-        'the multihash; identity peer IDs too short to hold a key (`b"\\x00\\x00"`).'
+        "the multihash, and accepting text whose printed form reads back as other bytes\n"
+        '(`/unix/tmp%2F/tmk`); identity peer IDs too short to hold a key (`b"\\x00\\x00"`);\n'
+        "py-cid's CIDv0 of a multihash other than sha2-256 (`qkpa1bmjrq`)."
     )
 
 
