@@ -76,6 +76,9 @@ class ContentId:
             raise InvalidCid(f"unknown codec {parsed.codec!r}")
         mh = bytes(parsed.multihash)
         parse_multihash(mh)
+        # py-cid reads some short multibase text as a CIDv0 of any multihash; v0 is sha2-256.
+        if int(parsed.version) == 0 and not (len(mh) == 34 and mh[:2] == _SHA256_PREFIX):
+            raise InvalidCid("a CIDv0 must be a sha2-256 multihash")
         return cls(int(parsed.version), int(codec), mh)
 
     @classmethod
@@ -84,6 +87,10 @@ class ContentId:
             raise InvalidCid("empty CID")
         if len(data) > MAX_CID_BYTES:
             raise InvalidCid(f"CID of {len(data)} bytes is too long")
+        # A binary CIDv0 is its bare sha2-256 multihash (cid spec "Decoding"); py-cid reads
+        # bytes not starting 0x00/0x01 as base58 text, so it refuses what to_bytes writes.
+        if len(data) == 34 and data[:2] == _SHA256_PREFIX:
+            return cls(0, DAG_PB_CODEC, bytes(data))
         try:
             parsed = pycid.from_bytes(bytes(data))
         except (ValueError, TypeError, KeyError) as exc:

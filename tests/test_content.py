@@ -55,6 +55,21 @@ def test_bad_cids_are_refused(text: str) -> None:
         ContentId.parse_cid_or_hash(text)
 
 
+def test_binary_v0_round_trips() -> None:
+    # Found by bench/fuzz.py cid: from_bytes refused the bytes to_bytes writes for a CIDv0.
+    v0 = ContentId.parse("QmNLfbof5rLekrACjeuLk9JmGZD2HDBHCU4z16iYKmx5SE")
+    assert v0.version == 0 and v0.to_bytes() == v0.multihash
+    assert ContentId.from_bytes(v0.to_bytes()) == v0
+    v1 = v0.to_v1()
+    assert ContentId.from_bytes(v1.to_bytes()) == v1
+
+
+def test_a_v0_that_is_not_sha2_256_is_refused() -> None:
+    # Found by bench/fuzz.py cid: py-cid read this as a CIDv0 of a 6-byte multihash.
+    with pytest.raises(InvalidCid, match="CIDv0 must be a sha2-256"):
+        ContentId.parse("qkpa1bmjrq")
+
+
 def test_wrong_shard_hash_length() -> None:
     with pytest.raises(InvalidCid):
         ContentId.from_shard_hash(b"\x00" * 31)

@@ -16,6 +16,9 @@ IDENTITY_CODE = 0x00
 SHA2_256_CODE = 0x12
 # Keys whose protobuf is at most this long are inlined (identity multihash), per the spec.
 MAX_INLINE_KEY_LENGTH = 42
+# The smallest key protobuf there is (Ed25519: 4 header bytes and 32 key bytes); a shorter
+# identity multihash names no key, so no peer can ever authenticate as it.
+MIN_INLINE_KEY_LENGTH = 36
 LIBP2P_KEY_CODEC = 0x72
 
 
@@ -44,9 +47,10 @@ class PeerId:
                 f"peer ID multihash declares {length} bytes but has {len(data) - pos}"
             )
         if code == IDENTITY_CODE:
-            if length > MAX_INLINE_KEY_LENGTH:
+            if not MIN_INLINE_KEY_LENGTH <= length <= MAX_INLINE_KEY_LENGTH:
                 raise InvalidPeerId(
-                    f"identity peer ID of {length} bytes exceeds {MAX_INLINE_KEY_LENGTH}"
+                    f"identity peer ID of {length} bytes is outside "
+                    f"{MIN_INLINE_KEY_LENGTH}..{MAX_INLINE_KEY_LENGTH}"
                 )
         elif code == SHA2_256_CODE:
             if length != 32:

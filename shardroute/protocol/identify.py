@@ -61,6 +61,11 @@ def decode_identify(body: bytes) -> IdentifyInfo:
         msg.ParseFromString(body)
     except (DecodeError, ValueError) as exc:
         raise IdentifyError(f"undecodable identify message: {exc}") from exc
+    # proto2 strings are not checked on parse: python-protobuf hands back bytes for invalid
+    # UTF-8. Refuse the message, as rust-libp2p (prost) does, so callers only see str.
+    texts = [*msg.protocols, msg.agentVersion, msg.protocolVersion]
+    if not all(isinstance(t, str) for t in texts):
+        raise IdentifyError("identify message has a string field that is not UTF-8")
     present: set[str] = set()
     if msg.HasField("publicKey"):
         present.add("public_key")

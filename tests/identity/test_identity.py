@@ -122,6 +122,19 @@ def test_peer_id_parser_fuzz(data: bytes) -> None:
         pass
 
 
+@pytest.mark.parametrize("length", [0, 1, 2, 35])
+def test_identity_peer_ids_too_short_for_a_key_are_refused(length: int) -> None:
+    # Found by bench/fuzz.py peer_id: b"\x00\x00" was a peer ID whose CID text py-cid refuses.
+    with pytest.raises(InvalidPeerId, match=r"outside 36\.\.42"):
+        PeerId.from_bytes(bytes([0, length]) + bytes(length))
+
+
+def test_the_shortest_inline_key_still_makes_a_peer_id() -> None:
+    peer = PeerId.from_public_key(Ed25519PrivateKey.from_seed(bytes(32)).public_key)
+    assert len(peer.raw) == 2 + 36
+    assert PeerId.from_bytes(peer.raw) == peer == PeerId.parse(peer.to_cid())
+
+
 def test_keystore_creates_0600_and_reuses(tmp_path: Path) -> None:
     data_dir = tmp_path / "node"
     first = load_or_create_identity(data_dir)

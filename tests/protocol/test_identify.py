@@ -38,6 +38,21 @@ def test_garbage_is_an_identify_error() -> None:
         decode_identify(b"\x0a\xff\xff")
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("protocols", b"/ipfs/\x9a\x8c"), ("agentVersion", b"\xff\xfe"), ("protocolVersion", b"\xc3")],
+)
+def test_non_utf8_strings_are_an_identify_error(field: str, value: bytes) -> None:
+    # Found by bench/fuzz.py identify: python-protobuf returned bytes for these proto2 strings.
+    tags = {"protocols": 0x1A, "agentVersion": 0x32, "protocolVersion": 0x2A}
+    body = bytes([tags[field], len(value)]) + value
+    with pytest.raises(IdentifyError, match="not UTF-8"):
+        decode_identify(body)
+    # the same fields in valid UTF-8 decode to str
+    good = decode_identify(bytes([tags[field], 4]) + b"/a/b")
+    assert "/a/b" in (*good.protocols, good.agent_version, good.protocol_version)
+
+
 @given(st.binary(max_size=300))
 def test_fuzz(data: bytes) -> None:
     try:

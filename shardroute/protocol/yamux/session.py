@@ -266,8 +266,14 @@ class YamuxSession:
             while len(buf) - self._pos >= HEADER_LEN:
                 header = unpack_header(buf, self._pos)
                 if header.type is FrameType.DATA:
-                    if header.length > self.max_window:
-                        raise YamuxError(f"data frame of {header.length} bytes exceeds any window")
+                    # Judged on the header, before the body is buffered: a frame past the
+                    # stream's window must not make us hold up to max_window bytes first.
+                    known = self._streams.get(header.stream_id)
+                    window = self.initial_window if known is None else known.recv_window
+                    if header.length > max(window, 0):
+                        raise self._protocol_error(
+                            f"data frame of {header.length} bytes exceeds the window of {window}"
+                        )
                     end = self._pos + HEADER_LEN + header.length
                     if len(buf) < end:
                         break
