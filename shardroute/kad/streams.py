@@ -251,11 +251,13 @@ def make_server_handler(
             log.debug("refusing DHT request from %s: %s", sender, exc)
             await stream.reset()
         except (KadMessageError, MessageTooLarge, KadRequestRejected) as exc:
-            reason = {
-                KadMessageError: "undecodable",
-                MessageTooLarge: "too_large",
-                KadRequestRejected: "rejected",
-            }[type(exc)]
+            reason = (
+                "too_large"
+                if isinstance(exc, MessageTooLarge)
+                else "rejected"
+                if isinstance(exc, KadRequestRejected)
+                else "undecodable"
+            )
             log.info("refusing DHT request from %s: %s", sender, exc)
             if metrics is not None:
                 metrics.bad_message(reason)
