@@ -14,6 +14,7 @@ producers behind `find_providers`. Leaving it cancels them.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Protocol
@@ -98,7 +99,8 @@ class Dht(Service):
             clock=clock,
             config=config,
             intake=self.intake,
-            limiter=RequestLimiter(clock.monotonic),
+            # Real time, not the node's clock: rates protect this machine's CPU and disk.
+            limiter=RequestLimiter(time.monotonic),
             refusals=metrics,
         )
         self._mode: Mode = config.mode
