@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +18,9 @@ from typing import Any
 import anyio
 import pytest
 
+from shardroute.addrs import ip_group
+from shardroute.content import ContentId
+from shardroute.identity.peer_id import PeerId
 from tests.interop.thirdparty import start_peer
 from tests.network.test_hosts import NetNode, cid_of, serve
 from tests.support.probes import HOSTILE, refusals, scrape, status_kib
@@ -152,3 +156,88 @@ async def test_a_connection_flood_from_one_host_leaves_honest_peers_served(
     assert done["connection_open"], done
     # Most of the attacker's sockets were dropped by the victim, not left to hold slots.
     assert done["idle"]["dropped_by_victim"] >= 900, done
+
+
+# Small quotas, so the bounds show: one provider, one IP group, one key's share of a group.
+PER_PEER, PER_GROUP, PER_KEY_PER_GROUP = 1000, 1500, 3
+QUOTAS = {
+    "SHARDROUTE_MAX_RECORDS_PER_PEER": str(PER_PEER),
+    "SHARDROUTE_MAX_RECORDS_PER_IP_GROUP": str(PER_GROUP),
+    "SHARDROUTE_MAX_PROVIDERS_PER_KEY_PER_GROUP": str(PER_KEY_PER_GROUP),
+}
+KEYS, SYBILS, EXTRA_KEYS = 10_000, 200, 10
+K = "cafe" * 16
+
+
+@pytest.mark.timeout(170)
+def test_a_record_flood_keeps_the_real_provider_and_stays_within_the_quotas(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    switch = testbed.switch("sw")
+    v_host, a_host, h_host, g_host = (testbed.host(n, switch) for n in ("v", "a", "h", "g"))
+    victim = serve(v_host, tmp_path / "v", env_extra=QUOTAS)
+    real = serve(h_host, tmp_path / "h", "--bootstrap", victim.address)
+    assert real.cli("announce", K, "--wait")["stored_on"] == 1
+
+    # One peer ID with 10,000 keys, then 200 fresh peer IDs (each its own connection) with K
+    # and ten keys of their own each; every request acknowledged by a PING behind it.
+    result = a_host.run(
+        sys.executable, HOSTILE, "flood", victim.address, "--key", K, "--keys", str(KEYS),
+        "--sybils", str(SYBILS), "--extra-keys", str(EXTRA_KEYS), "--own-ip", a_host.ip,
+        timeout=150,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    flood = json.loads(result.stdout.splitlines()[-1])
+    print(json.dumps({k: v for k, v in flood.items() if k != "sybils"}))
+    assert flood["keys_acked"] == KEYS, flood
+    assert len(flood["sybils"]) == SYBILS, flood
+    sybil_records = SYBILS * (1 + EXTRA_KEYS)
+    assert flood["sybil_records_acked"] == sybil_records
+
+    # K's real provider is still handed out by V: asked directly, by V's own find, and by an
+    # honest node on another host that knows only V.
+    answer = g_host.run(sys.executable, HOSTILE, "query", victim.address, "--key", K)
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    providers = json.loads(answer.stdout.splitlines()[-1])["providers"]
+    assert f"/ip4/{h_host.ip}/tcp/4001" in providers[real.peer_id], providers
+    assert len(providers) == 1 + PER_KEY_PER_GROUP, providers
+    found = {row["peer_id"] for row in victim.cli("find", K, "--count", "20")}
+    assert real.peer_id in found
+    honest = g_host.run(
+        sys.executable, HOSTILE, "honest", victim.address, "--key", K, "--count", "4",
+        timeout=90,
+    )  # fmt: skip
+    assert honest.returncode == 0, honest.stderr[-3000:]
+    assert real.peer_id in json.loads(honest.stdout.splitlines()[-1])["providers"]
+    assert real.peer_id in {row["peer_id"] for row in real.cli("find", K, "--count", "20")}
+
+    # Every refused record counted: the flooder's past its quota, the Sybils' past the group's.
+    refused = refusals(scrape(v_host))
+    assert refused[("peer", "provider_records")] == KEYS - PER_PEER, refused
+    assert refused[("ip", "provider_records")] == sybil_records - (PER_GROUP - PER_PEER), refused
+    stored = victim.cli("status")["stored_records"]
+
+    # What V keeps, read from its database once it stopped.
+    stop(v_host.processes[0])
+    group = ip_group(a_host.ip, exempt_private=False)
+    flooder = PeerId.parse(flood["keys_flooder"]).raw
+    key = ContentId.from_shard_hash(bytes.fromhex(K)).dht_key
+    db = sqlite3.connect(tmp_path / "v" / "shardroute-data" / "shardroute.sqlite3")
+    try:
+
+        def count(where: str, *args: object) -> int:
+            sql = (
+                "SELECT count(*) FROM provider_records r"
+                " JOIN provider_peers p ON p.id = r.provider_id"
+            )
+            return int(db.execute(f"{sql} WHERE {where}", args).fetchone()[0])
+
+        total = count("1")
+        assert count("p.peer = ?", flooder) == PER_PEER
+        assert count("r.source_group = ?", group) == PER_GROUP
+        assert count("r.key = ? AND r.source_group = ?", key, group) == PER_KEY_PER_GROUP
+        assert count("r.key = ? AND p.peer = ?", key, PeerId.parse(real.peer_id).raw) == 1
+    finally:
+        db.close()
+    # The attacker's group's share and the real record; nothing else came in.
+    assert total == stored == PER_GROUP + 1, (total, stored)

@@ -213,9 +213,10 @@ async def honest(args: argparse.Namespace) -> None:
             start = time.monotonic()
             found: list[str] = []
             with anyio.move_on_after(30):
-                async for info in app.find_providers(shard_key(args.key), 1):
+                async for info in app.find_providers(shard_key(args.key), args.count):
                     found.append(str(info.peer_id))
-                    break
+                    if len(found) >= args.count:
+                        break
             timings["find"] = time.monotonic() - start
             emit(event="done", peer=str(peer), rtts=rtts, providers=found, seconds=timings)
 
@@ -356,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stalled", type=int, default=200)
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--key", default="")
+    parser.add_argument("--count", type=int, default=1, help="providers an honest find wants")
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--sybils", type=int, default=200)
     parser.add_argument("--extra-keys", type=int, default=10)
