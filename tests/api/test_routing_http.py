@@ -40,7 +40,7 @@ from shardroute.net.muxer import MuxedStream
 from shardroute.obs.metrics import ROUTING_HTTP_ROUTES
 from shardroute.store.database import SqliteStore
 from shardroute.store.engine import DATABASE_FILE
-from tests.support.http import connect, get
+from tests.support.http_client import connect, get
 from tests.support.nodes import address, loopback_app
 from tests.support.peers import keyed_peer_id
 from tests.support.serve import ENV, SHARDROUTE
