@@ -128,9 +128,8 @@ KAD_MAX_RECORDS_PER_PEER = 250_000
 KAD_MAX_RECORDS_PER_IP_GROUP = 500_000
 # Providers of one key from one IP group (as the diversity filter's 3 per table).
 KAD_MAX_PROVIDERS_PER_KEY_PER_GROUP = 3
-# Group commit of received records: at most this many, waiting at most this long for company.
-KAD_GROUP_COMMIT_RECORDS = 500
-KAD_GROUP_COMMIT_DELAY = 0.005
+# ADD_PROVIDERs already buffered on one stream taken as one batch (our choice).
+KAD_PIPELINED_ADD_PROVIDERS = 1000
 
 # Kademlia messages and records (kad-dht.md §1, §3, §7; go-libp2p-kad-dht handlers.go).
 # Closer peers taken from one answer: go truncates longer lists at 2k.

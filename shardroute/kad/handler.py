@@ -73,6 +73,8 @@ class ProviderSink(Protocol):
 
     async def submit(self, item: ReceivedRecord) -> Refusal | None: ...
 
+    async def submit_many(self, items: Sequence[ReceivedRecord]) -> list[Refusal | None]: ...
+
 
 class RefusalReports(Protocol):
     def resource_refused(self, scope: str, resource: str) -> None: ...
@@ -143,6 +145,32 @@ class KadHandler:
             raise RequestRefused(f"{sender} is over its {request.type.name} rate")
         return await handler(sender, request)
 
+    async def add_providers(self, sender: PeerId, requests: Sequence[KadMessage]) -> None:
+        """Several ADD_PROVIDERs that arrived together on one stream, stored as one batch.
+        A request that is invalid or over the rate ends the run: those before it are kept,
+        then it raises as `handle` would."""
+        received: list[ReceivedRecord] = []
+        try:
+            for request in requests:
+                if self.limiter is not None and not self.limiter.allow(sender, request.type):
+                    self._refused("peer", "kad_requests")
+                    raise RequestRefused(f"{sender} is over its {request.type.name} rate")
+                received.append(self._received_record(sender, request))
+        finally:
+            if received:
+                self._count(await self.intake.submit_many(received), sender)
+
+    def _count(self, refusals: Sequence[Refusal | None], sender: PeerId) -> None:
+        for refusal in refusals:
+            if refusal is None:
+                continue
+            # Not a protocol error (the key is full, or the sender spent its quota), and
+            # ADD_PROVIDER has no reply: the record is simply not kept.
+            log.debug("ADD_PROVIDER from %s not stored: %s", sender, refusal.value)
+            scope = REFUSAL_SCOPES[refusal]
+            if scope is not None:
+                self._refused(*scope)
+
     def _refused(self, scope: str, resource: str) -> None:
         if self.refusals is not None:
             self.refusals.resource_refused(scope, resource)
@@ -203,6 +231,10 @@ class KadHandler:
         )
 
     async def _add_provider(self, sender: PeerId, request: KadMessage) -> None:
+        self._count([await self.intake.submit(self._received_record(sender, request))], sender)
+
+    def _received_record(self, sender: PeerId, request: KadMessage) -> ReceivedRecord:
+        """The record an ADD_PROVIDER asks us to keep; KadRequestRejected if it is unusable."""
         self._check_provider_key(request.key)
         now = self.clock.wall()
         usable = [p for p in request.provider_peers if p.peer_id == sender and p.addrs]
@@ -228,15 +260,7 @@ class KadHandler:
             expires_at=now + self.provider_ttl,
             addrs_expire_at=now + self.provider_addr_ttl,
         )
-        refusal = await self.intake.submit(ReceivedRecord(record, self.peers.source_group(sender)))
-        if refusal is not None:
-            # Not a protocol error (the key is full, or the sender spent its quota), and
-            # ADD_PROVIDER has no reply: the record is simply not kept.
-            log.debug("ADD_PROVIDER from %s not stored: %s", sender, refusal.value)
-            scope = REFUSAL_SCOPES[refusal]
-            if scope is not None:
-                self._refused(*scope)
-        return None
+        return ReceivedRecord(record, self.peers.source_group(sender))
 
     async def _get_value(self, sender: PeerId, request: KadMessage) -> KadMessage:
         if not request.key:

@@ -211,39 +211,67 @@ def make_server_handler(
 ) -> Callable[[Stream], Awaitable[None]]:
     """The stream handler the host runs for the DHT protocol in server mode."""
 
+    def decoded(body: bytes, sender: PeerId) -> KadMessage:
+        request = decode_message(body)
+        if request.dropped_peers:
+            log.info("%s sent %d unusable peer entries", sender, request.dropped_peers)
+            if metrics is not None:
+                metrics.bad_message("bad_peer_entry", request.dropped_peers)
+        return request
+
+    def counted(kind: MessageType, result: str, n: int = 1) -> None:
+        if metrics is not None:
+            for _ in range(n):
+                metrics.request_received(kind.name, result)
+
     async def serve(stream: Stream) -> None:
         sender = stream.remote_peer
         reader = LengthPrefixedReader(limits.KAD_MAX_MESSAGE)
+        pending: KadMessage | None = None  # read ahead past a run of ADD_PROVIDERs
         try:
             while True:
-                body = await _read_request(stream, reader)
-                if body is None:
-                    await stream.aclose()
-                    return
-                request = decode_message(body)
-                if request.dropped_peers:
-                    log.info("%s sent %d unusable peer entries", sender, request.dropped_peers)
-                    if metrics is not None:
-                        metrics.bad_message("bad_peer_entry", request.dropped_peers)
+                if pending is None:
+                    body = await _read_request(stream, reader)
+                    if body is None:
+                        await stream.aclose()
+                        return
+                    request = decoded(body, sender)
+                else:
+                    request, pending = pending, None
+                batch = [request]
+                # ADD_PROVIDERs already here (a republishing peer sends hundreds on one
+                # stream) go to the store as one batch instead of one write each.
+                while (
+                    request.type is MessageType.ADD_PROVIDER
+                    and len(batch) < limits.KAD_PIPELINED_ADD_PROVIDERS
+                    and (more := reader.next_message()) is not None
+                ):
+                    following = decoded(more, sender)
+                    if following.type is not MessageType.ADD_PROVIDER:
+                        pending = following
+                        break
+                    batch.append(following)
                 try:
                     with anyio.fail_after(limits.KAD_HANDLE_TIMEOUT):
-                        reply = await handler.handle(sender, request)
+                        if request.type is MessageType.ADD_PROVIDER:
+                            await handler.add_providers(sender, batch)
+                            reply = None
+                        else:
+                            reply = await handler.handle(sender, request)
                 except (KadRequestRejected, RequestRefused):
-                    if metrics is not None:
-                        metrics.request_received(request.type.name, "rejected")
+                    counted(request.type, "rejected")
                     raise
                 except StoreError as exc:
                     # The disk is full or read-only: this request is refused, the stream and
                     # the connection go on (reads are still served).
                     log.warning("%s from %s not stored: %s", request.type.name, sender, exc)
+                    counted(request.type, "rejected", len(batch))
                     if metrics is not None:
-                        metrics.request_received(request.type.name, "rejected")
                         metrics.resource_refused("store", "writes")
                     if request.type is MessageType.ADD_PROVIDER:
                         continue  # never answered anyway
                     raise
-                if metrics is not None:
-                    metrics.request_received(request.type.name, "ok")
+                counted(request.type, "ok", len(batch))
                 if reply is not None:
                     with anyio.fail_after(limits.WRITE_TIMEOUT):
                         await stream.send(frame(encode_message(reply)))

@@ -144,7 +144,7 @@ class Host:
         self.resources = ResourceManager(self.limits.resources, metrics=metrics)
         self.connection_manager = ConnectionManager(
             self.connections,
-            self.clock,
+            SystemClock(),  # real time: it manages sockets and memory, whatever the node's clock
             lambda peer: self.resources.protected(peer),
             self.limits.connection_manager,
         )

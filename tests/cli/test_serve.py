@@ -143,7 +143,7 @@ def test_db_upgrade_migrates_an_old_database_and_refuses_what_it_cannot_use(
     assert result.returncode == 0, result.stderr
     assert "schema up to date" in result.stdout
     with sqlite3.connect(path) as db:
-        assert db.execute("select version_num from alembic_version").fetchone() == ("0003",)
+        assert db.execute("select version_num from alembic_version").fetchone() == ("0004",)
         assert db.execute("select value from value_records").fetchall() == [(b"v",)]
     assert db_upgrade(path.parent).returncode == 0  # again: nothing to do
 
