@@ -228,7 +228,7 @@ BAD = [
     ("/routing/v1/providers/bafy", 400, "unable to parse CID"),
     ("/routing/v1/providers/QmNotBase58Really0OIl", 400, "unable to parse CID"),
     (f"/routing/v1/providers/{'f01551220' + '00' * 32}ff", 400, "CID"),
-    ("/routing/v1/peers/12D3KooWnope", 400, "inlines no public key"),
+    ("/routing/v1/peers/12D3KooWnope", 400, "identity peer ID of 7 bytes"),
     ("/routing/v1/peers/12D3KooW0OIl", 400, "unable to parse peer ID"),
     ("/routing/v1/peers/not-a-peer-id", 400, "unable to parse peer ID"),
     ("/routing/v1/peers/%00", 400, "unable to parse peer ID"),
