@@ -211,6 +211,8 @@ class ServeNode(NodeProcess):
             f"127.0.0.1:{self.grpc_port}",
             "--metrics",
             "",  # off: 32 Prometheus endpoints are not part of the work
+            "--routing-http",
+            "",  # off too (and its default port would be taken 31 times)
             *(["--bootstrap", bootstrap] if bootstrap else []),
         ]
         super().__init__(name, command, data_dir.parent / f"{name}.log", _clean_env())
