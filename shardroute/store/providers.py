@@ -141,15 +141,7 @@ def _upsert_all(
     ids: dict[bytes, int] = {}
     stored = []
     for record in records:
-        peer = record.provider.raw
-        provider_id = ids.get(peer)
-        if provider_id is None:
-            conn.execute(insert(provider_peers).values(peer=peer).on_conflict_do_nothing())
-            provider_id = conn.scalar(
-                select(provider_peers.c.id).where(provider_peers.c.peer == peer)
-            )
-            assert provider_id is not None
-            ids[peer] = provider_id
+        provider_id = _provider_id(conn, record.provider.raw, ids)
         others = conn.scalar(
             select(func.count())
             .select_from(t)
@@ -159,24 +151,36 @@ def _upsert_all(
                 t.c.expires_at > record.received_at,
             )
         )
-        if others is not None and others >= max_per_key:
-            known = conn.scalar(
-                select(func.count())
-                .select_from(t)
-                .where(t.c.key == record.key, t.c.provider_id == provider_id)
-            )
-            if not known:
-                stored.append(False)
-                continue
-        stmt = insert(t).values(
-            key=record.key,
-            provider_id=provider_id,
-            addrs=pack_addrs(record.addrs),
-            received_at=record.received_at,
-            expires_at=record.expires_at,
-            addrs_expire_at=record.addrs_expire_at,
-        )
-        stmt = stmt.on_conflict_do_update(
+        if others is not None and others >= max_per_key and not _held(conn, record, provider_id):
+            stored.append(False)
+            continue
+        _upsert(conn, record, provider_id)
+        stored.append(True)
+    return stored
+
+
+def _held(conn: Connection, record: ProviderRecord, provider_id: int) -> bool:
+    t = provider_records
+    query = select(func.count()).select_from(t)
+    return bool(conn.scalar(query.where(t.c.key == record.key, t.c.provider_id == provider_id)))
+
+
+def _upsert(
+    conn: Connection, record: ProviderRecord, provider_id: int, source_group: str | None = None
+) -> None:
+    """Insert the record, or refresh its addresses and times (its source group stays)."""
+    t = provider_records
+    stmt = insert(t).values(
+        key=record.key,
+        provider_id=provider_id,
+        addrs=pack_addrs(record.addrs),
+        received_at=record.received_at,
+        expires_at=record.expires_at,
+        addrs_expire_at=record.addrs_expire_at,
+        source_group=source_group,
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(
             index_elements=[t.c.key, t.c.provider_id],
             set_={
                 "addrs": stmt.excluded.addrs,
@@ -185,9 +189,7 @@ def _upsert_all(
                 "addrs_expire_at": stmt.excluded.addrs_expire_at,
             },
         )
-        conn.execute(stmt)
-        stored.append(True)
-    return stored
+    )
 
 
 def _provider_id(conn: Connection, peer: bytes, ids: dict[bytes, int]) -> int:
@@ -208,42 +210,17 @@ def _accept_all(
 ) -> list[Refusal | None]:
     """`accept_providers` inside its transaction. A (key, provider) already held is
     refreshed whatever the quotas say; a new one must fit every cap."""
-    t = provider_records
     ids: dict[bytes, int] = {}
     outcome: list[Refusal | None] = []
     for item in received:
         record, group = item.record, item.source_group
         provider_id = _provider_id(conn, record.provider.raw, ids)
-        held = conn.scalar(
-            select(func.count())
-            .select_from(t)
-            .where(t.c.key == record.key, t.c.provider_id == provider_id)
-        )
-        if not held:
+        if not _held(conn, record, provider_id):
             refusal = _refusal(conn, record, provider_id, group, max_per_key, quota)
             if refusal is not None:
                 outcome.append(refusal)
                 continue
-        stmt = insert(t).values(
-            key=record.key,
-            provider_id=provider_id,
-            addrs=pack_addrs(record.addrs),
-            received_at=record.received_at,
-            expires_at=record.expires_at,
-            addrs_expire_at=record.addrs_expire_at,
-            source_group=group,
-        )
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[t.c.key, t.c.provider_id],
-                set_={
-                    "addrs": stmt.excluded.addrs,
-                    "received_at": stmt.excluded.received_at,
-                    "expires_at": stmt.excluded.expires_at,
-                    "addrs_expire_at": stmt.excluded.addrs_expire_at,
-                },
-            )
-        )
+        _upsert(conn, record, provider_id, group)
         outcome.append(None)
     return outcome
 
