@@ -32,7 +32,6 @@ class ProviderIntake:
         self.quota = quota
         self._open: _Batch | None = None
         self._writing = anyio.Lock()
-        self.batches = 0
 
     async def submit(self, item: ReceivedRecord) -> Refusal | None:
         return (await self.submit_many([item]))[0]
@@ -57,7 +56,6 @@ class ProviderIntake:
                     except StoreError as exc:
                         batch.error = exc
                     finally:
-                        self.batches += 1
                         batch.done.set()
         else:
             await batch.done.wait()

@@ -52,7 +52,6 @@ class ConnectionManager:
         self.limits = manager_limits or ConnectionManagerLimits()
         self._first_seen: dict[MuxedConnection, float] = {}
         self._idle_since: dict[MuxedConnection, float] = {}
-        self.trimmed = 0
 
     async def run(self) -> None:
         while True:
@@ -102,5 +101,4 @@ class ConnectionManager:
         for conn, reason in doomed.items():
             log.debug("closing connection to %s: %s", conn.remote_peer, reason)
             await conn.close(reason)
-        self.trimmed += len(doomed)
         return len(doomed)

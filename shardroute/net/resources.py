@@ -65,10 +65,6 @@ class Reservation:
         if release is not None:
             release()
 
-    @property
-    def released(self) -> bool:
-        return self._release is None
-
 
 @dataclass(slots=True)
 class _PeerUse:
@@ -280,12 +276,3 @@ class ResourceManager:
         use.memory -= n
         self.memory -= n
         self._maybe_forget(peer)
-
-    def peer_memory(self, peer: PeerId) -> int:
-        use = self._peers.get(peer)
-        return 0 if use is None else use.memory
-
-    def streams_of(self, peer: PeerId) -> tuple[int, int]:
-        """(inbound, outbound) streams `peer` holds."""
-        use = self._peers.get(peer)
-        return (0, 0) if use is None else (use.inbound_streams, use.outbound_streams)

@@ -7,7 +7,6 @@ were acknowledged and never half a batch."""
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import subprocess
 import threading
@@ -224,5 +223,4 @@ def test_sigkill_during_concurrent_announces_loses_nothing_acknowledged(tmp_path
     with serve(data_dir) as again:
         status = again.cli("status")
         assert status.returncode == 0
-        assert f'"announced_records": {len(kept)}' in status.stdout.replace(" ", " ")
-    assert os.path.exists(data_dir / DATABASE_FILE)
+        assert f'"announced_records": {len(kept)}' in status.stdout
