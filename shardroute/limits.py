@@ -95,6 +95,10 @@ YAMUX_MAX_QUEUED_OUTPUT = 4 * MIB
 KAD_K = 20
 KAD_ALPHA = 10
 KAD_BETA = 3
+# A lookup is seeded with this many times k table peers; those beyond the k nearest are asked
+# only once nearer ones fail, so a table whose k nearest are dead (churn, a restart from an old
+# table) still leads to live peers instead of ending the lookup empty.
+KAD_LOOKUP_SEEDS_PER_K = 4
 # Refresh keys are found by hashing random pre-images; go's prefix table stops at cpl 15.
 KAD_REFRESH_MAX_CPL = 15
 # Per-bucket replacement cache and failures before eviction (our choice; Kademlia paper §4.1).

@@ -17,11 +17,12 @@ from typing import Protocol
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from shardroute import limits
 from shardroute.clock import Clock
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.config import DhtConfig
 from shardroute.kad.keyspace import Key, common_prefix_len
-from shardroute.kad.lookup import Lookup
+from shardroute.kad.lookup import Lookup, PeerState
 from shardroute.kad.messages import KadMessage
 from shardroute.kad.reports import LookupReport
 from shardroute.kad.requests import RequestClient
@@ -77,7 +78,7 @@ class LookupRunner:
         default: any peer that answered)."""
         table = self.keeper.table
         target = Key.for_bytes(key)
-        seeds = table.nearest(target, self.config.k)
+        seeds = table.nearest(target, self.config.k * limits.KAD_LOOKUP_SEEDS_PER_K)
         now = self.clock.monotonic()
         self.keeper.bucket_lookup_at[common_prefix_len(table.self_key, target)] = now
         lookup = Lookup(
@@ -121,6 +122,7 @@ class LookupRunner:
             rounds=outcome.lookup.rounds,
             duration=outcome.duration,
             timed_out=outcome.timed_out,
+            unreachable=len(outcome.lookup.peers(PeerState.UNREACHABLE)),
         )
 
     async def _drive(

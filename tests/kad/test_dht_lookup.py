@@ -11,7 +11,7 @@ import pytest
 
 from shardroute.errors import LocalProtocolError
 from shardroute.kad.dht import DhtConfig, LookupReport
-from shardroute.kad.keyspace import Key
+from shardroute.kad.keyspace import Key, closest
 from shardroute.kad.memory_transport import NodeState
 from shardroute.kad.messages import MessageType
 from shardroute.obs.logging import current_context
@@ -173,6 +173,25 @@ async def test_failed_requests_make_peers_unreachable_and_count_failures() -> No
             assert peer not in {p.peer_id for p in report.peers}
         # max_failures=1: one failed request evicts a peer.
         assert not set(dead) & set(origin.dht.routing_table.peers())
+
+
+async def test_a_lookup_whose_k_nearest_table_peers_are_dead_reaches_live_ones() -> None:
+    """Seeds beyond the k nearest are asked once nearer ones fail; with only k seeds this lookup
+    ended after one round with nobody answering."""
+    async with Cluster(seed=21) as cluster:
+        nodes = await cluster.build(64)
+        origin = nodes[0]
+        key = b"a key whose neighbourhood went dark"
+        dead = origin.dht.routing_table.nearest(Key.for_bytes(key), cluster.config.k)
+        assert len(dead) == cluster.config.k < len(origin.dht.routing_table)
+        for peer in dead:
+            cluster.network.set_state(peer, NodeState.DOWN)
+        report = await origin.dht.get_closest_peers(key)
+        assert not report.timed_out
+        found = [p.peer_id for p in report.peers]
+        assert not set(found) & set(dead)
+        live = [n.peer_id for n in cluster.servers() if n.peer_id not in dead]
+        assert found == closest(Key.for_bytes(key), [p for p in live if p != origin.peer_id], 20)
 
 
 async def test_find_peer_and_table_shortcut() -> None:
