@@ -57,8 +57,22 @@ class RegionMap:
 
     # -- learning -------------------------------------------------------------------------------
 
-    def add_lookup(self, target: Key, closest: Iterable[PeerInfo]) -> None:
-        """Record a lookup's result: the peers that answered, nearest first."""
+    def add_lookup(
+        self,
+        target: Key,
+        closest: Iterable[PeerInfo],
+        *,
+        timed_out: bool = False,
+        unreachable: int = 0,
+    ) -> None:
+        """Record a lookup's result: the peers that answered, nearest first.
+
+        Only a lookup that ran to its end proves anything about the keyspace. One that timed
+        out adds its peers and marks nothing complete. One that ended with fewer than k answers
+        saw the whole network only if no peer failed it: a peer that timed out under load may
+        have known others (taking such a lookup for the whole network once sent a 100-node
+        network's records to whichever few peers the map knew).
+        """
         self.lookups += 1
         self._region = None
         infos = list(closest)
@@ -67,8 +81,11 @@ class RegionMap:
         for info, position in zip(infos, positions, strict=True):
             self._peers[info.peer_id] = position
             self._infos[info.peer_id] = info
+        if timed_out:
+            return
         if len(answers) < self.k:
-            self._whole = True  # the lookup ran out of peers before k: it saw them all
+            if unreachable == 0 and answers:
+                self._whole = True  # the lookup ran out of peers before k: it saw them all
             return
         radius = max(target.value ^ p for p in positions)
         self.radius_bits = radius.bit_length()

@@ -20,6 +20,7 @@ class LookupReport:
     rounds: int
     duration: float
     timed_out: bool
+    unreachable: int = 0  # peers whose request failed or timed out
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ RETRY_DELAY = 30.0
 # A region map is trusted this long (or an eighth of the cycle); then the next pass explores
 # afresh, as peers come and go.
 REGION_MAP_TTL = 1800.0
-# Lookups one shard may cost before its closest known peers are taken as they are.
+# Region lookups one shard may cost before one lookup for the shard's own key decides.
 MAX_LOOKUPS_PER_SHARD = 8
 
 
@@ -202,8 +202,21 @@ class Publisher:
                     self.metrics.republish_lookups_total.inc()
                 if not report.peers:
                     break  # nobody answered: retry these shards later
-                regions.add_lookup(Key.for_bytes(target), report.peers)
+                regions.add_lookup(
+                    Key.for_bytes(target),
+                    report.peers,
+                    timed_out=report.timed_out,
+                    unreachable=report.unreachable,
+                )
                 peers = regions.closest(position)
+            if peers is None and tries == MAX_LOOKUPS_PER_SHARD:
+                # The map cannot tell (lookups timing out under load): this key's own lookup
+                # names its closest peers, which the map's nearest guess may not be.
+                report = await self.dht.get_closest_peers(key)
+                self.stats.lookups += 1
+                if self.metrics is not None:
+                    self.metrics.republish_lookups_total.inc()
+                peers = report.peers or None
             if peers is None:
                 peers = regions.nearest_known(position)
             assignments[key] = peers
