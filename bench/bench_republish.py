@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import anyio
-from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -34,7 +33,6 @@ from shardroute.kad.handler import KadHandler
 from shardroute.kad.messages import KadMessage
 from shardroute.maintenance.republish import Publisher
 from shardroute.store.database import SqliteStore
-from shardroute.store.schema import announcements
 from tests.support.cluster import Cluster
 
 
@@ -55,9 +53,9 @@ class TimedHandler:
 
 async def schedule(store: SqliteStore) -> dict[bytes, float]:
     """Each announced shard's next publish time, read straight from the store."""
-    async with store.engine.connect() as conn:
-        rows = await conn.execute(select(announcements.c.key, announcements.c.next_publish_at))
-        return {row.key: row.next_publish_at for row in rows}
+    async with store.db.reading() as conn:
+        rows = await conn.execute_fetchall("SELECT key, next_publish_at FROM announcements")
+        return {key: next_at for key, next_at in rows}
 
 
 async def run(nodes: int, shards: int) -> dict[str, float]:

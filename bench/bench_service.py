@@ -37,7 +37,6 @@ from shardroute.identity.peer_id import PeerId
 from shardroute.store.codec import pack_addrs
 from shardroute.store.database import SqliteStore
 from shardroute.store.engine import DATABASE_FILE
-from shardroute.store.schema import provider_peers, provider_records
 from tests.support.serve import free_port, serve
 
 
@@ -75,29 +74,34 @@ async def fill(data_dir: Path, count: int, keys: list[bytes]) -> None:
     store = await SqliteStore.open(data_dir, max_providers_per_key=Settings().max_providers_per_key)
     addrs = pack_addrs([Multiaddr("/ip4/10.1.2.3/tcp/4001")])
     peers = [PeerId.from_public_key(Ed25519PrivateKey.generate().public_key).raw for _ in range(64)]
-    async with store.engine.begin() as conn:
-        await conn.execute(
-            provider_peers.insert().prefix_with("OR IGNORE"), [{"peer": p} for p in peers]
+    async with store.db.transaction() as conn:
+        await conn.executemany(
+            "INSERT OR IGNORE INTO provider_peers (peer) VALUES (?)", [(p,) for p in peers]
         )
-        ids = {row.peer: row.id for row in await conn.execute(provider_peers.select())}
+        ids = dict(await conn.execute_fetchall("SELECT peer, id FROM provider_peers"))
     now = time.time()
     chunk = 20_000
     for start in range(0, count, chunk):
         rows = [
-            {
-                "key": keys[i] if i < len(keys) else b"\x12\x20" + os.urandom(32),
-                "provider_id": ids[peers[i % len(peers)]],
-                "addrs": addrs,
-                "received_at": now,
-                "expires_at": now + 12 * 3600,
-                "addrs_expire_at": now + 12 * 3600,
-            }
+            (
+                keys[i] if i < len(keys) else b"\x12\x20" + os.urandom(32),
+                ids[peers[i % len(peers)]],
+                addrs,
+                now,
+                now + 12 * 3600,
+                now + 12 * 3600,
+            )
             for i in range(start, min(count, start + chunk))
         ]
-        async with store.engine.begin() as conn:
-            await conn.execute(provider_records.insert(), rows)
-    async with store.engine.connect() as conn:
-        await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        async with store.db.transaction() as conn:
+            await conn.executemany(
+                "INSERT INTO provider_records "
+                "(key, provider_id, addrs, received_at, expires_at, addrs_expire_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+    async with store.db.reading() as conn:
+        await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     await store.close()
 
 

@@ -1,4 +1,5 @@
-"""The durable store on SQLite: SQLAlchemy 2 (async, aiosqlite), WAL, migrations by alembic.
+"""The durable store on SQLite: WAL, migrations by alembic (on SQLAlchemy), writes through one
+aiosqlite connection, the hot read on a connection of its own.
 
 One database file, one repository per table (providers, values, routing, announcements), each
 returning domain dataclasses, never rows. Transactions are short and no network IO happens
@@ -9,10 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from shardroute.store.announcements import SqliteAnnouncementStore
-from shardroute.store.engine import DATABASE_FILE, open_engine, open_reader, upgrade_database
+from shardroute.store.engine import DATABASE_FILE, Database, open_reader, upgrade_database
 from shardroute.store.providers import SqliteProviderStore
 from shardroute.store.repository import StoreObserver
 from shardroute.store.routing import SqliteRoutingTableStore
@@ -20,21 +19,21 @@ from shardroute.store.values import SqliteValueStore
 
 
 class SqliteStore:
-    """One database file; the repositories below share its engine."""
+    """One database file; the repositories below share its writing connection."""
 
-    def __init__(self, engine: AsyncEngine, path: Path, *, max_providers_per_key: int) -> None:
-        self.engine = engine
+    def __init__(self, db: Database, path: Path, *, max_providers_per_key: int) -> None:
+        self.db = db
         self.path = path
-        self.providers = SqliteProviderStore(engine, max_per_key=max_providers_per_key)
-        self.values = SqliteValueStore(engine)
-        self.routing = SqliteRoutingTableStore(engine)
-        self.announcements = SqliteAnnouncementStore(engine)
+        self.providers = SqliteProviderStore(db, max_per_key=max_providers_per_key)
+        self.values = SqliteValueStore(db)
+        self.routing = SqliteRoutingTableStore(db)
+        self.announcements = SqliteAnnouncementStore(db)
 
     @classmethod
     async def open(cls, data_dir: Path, *, max_providers_per_key: int) -> SqliteStore:
         path = data_dir / DATABASE_FILE
         upgrade_database(path)
-        store = cls(open_engine(path), path, max_providers_per_key=max_providers_per_key)
+        store = cls(await Database.open(path), path, max_providers_per_key=max_providers_per_key)
         store.providers.reader = open_reader(path)
         return store
 
@@ -47,4 +46,4 @@ class SqliteStore:
         if self.providers.reader is not None:
             self.providers.reader.close()
             self.providers.reader = None
-        await self.engine.dispose()
+        await self.db.close()

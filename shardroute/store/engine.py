@@ -1,19 +1,22 @@
-"""The database file: migrations (alembic, the only source of the schema), the connection
-pragmas, the async engine, and the read-only connection of the hot path."""
+"""The database file: migrations (alembic on SQLAlchemy, the only source of the schema), the
+writing connection (aiosqlite) with its pragmas, and the read-only connection of the hot path."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
+import aiosqlite
+import anyio
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine
 from sqlalchemy.exc import DatabaseError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import migrations
 from shardroute.errors import StoreError
@@ -53,22 +56,68 @@ def upgrade_database(path: Path, revision: str = "head") -> None:
         engine.dispose()
 
 
-def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # FULL: an acknowledged write survives a crash of the process and of the machine.
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
+# Applied to the writing connection. FULL: an acknowledged write survives a crash of the
+# process and of the machine (received records lower it per transaction: `durable=False`).
+_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=5000",
+)
 
 
-def open_engine(path: Path) -> AsyncEngine:
-    # One connection: SQLite has one writer at a time anyway, and a second pooled connection
-    # would meet a long write as "database is locked" after busy_timeout instead of queuing.
-    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", pool_size=1, max_overflow=0)
-    event.listen(engine.sync_engine, "connect", _on_connect)
-    return engine
+class Database:
+    """The node's one writing connection: aiosqlite, so statements run on its own thread and
+    the event loop never waits for the disk. A lock keeps one transaction (or read) at a time
+    on it, as SQLite has one writer anyway; each statement is one hand-off to that thread, so
+    repositories write few, set-based statements (executemany, IN lists) per operation."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self._lock = anyio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> Database:
+        # Autocommit mode (isolation_level None): transactions are the explicit BEGINs below.
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            for pragma in _PRAGMAS:
+                await conn.execute(pragma)
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn)
+
+    @asynccontextmanager
+    async def transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any error. `durable=False` commits without
+        fsync (synchronous=NORMAL: the database stays consistent, a machine crash may lose the
+        last commits) for soft state that its owners republish."""
+        async with self._lock:
+            conn = self._conn
+            if not durable:
+                await conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    await conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        await conn.execute("ROLLBACK")  # none left if the COMMIT itself failed
+                    raise
+            finally:
+                if not durable:
+                    await conn.execute("PRAGMA synchronous=FULL")
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection for reads outside a transaction (each statement sees committed data)."""
+        async with self._lock:
+            yield self._conn
+
+    async def close(self) -> None:
+        await self._conn.close()
 
 
 def open_reader(path: Path) -> sqlite3.Connection:

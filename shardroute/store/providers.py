@@ -1,40 +1,138 @@
-"""Provider records this node keeps for others (ADD_PROVIDER received), and its own."""
+"""Provider records this node keeps for others (ADD_PROVIDER received), and its own.
+
+Writes are set-based: a batch of records costs a fixed handful of statements (the peers'
+ids, the keys' current records, the groups' counts, one executemany upsert), each one hand-off
+to the database thread, and the caps are checked in memory from what those reads returned.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
+import aiosqlite
 import anyio.lowlevel
-from sqlalchemy import delete, func, select
-from sqlalchemy.dialects.sqlite import insert
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shardroute.errors import StoreError
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.repositories import ProviderQuota, ProviderRecord, ReceivedRecord, Refusal
 from shardroute.store.codec import pack_addrs, unpack_addrs
+from shardroute.store.engine import Database
 from shardroute.store.repository import Repository, atomic
-from shardroute.store.schema import provider_groups, provider_peers, provider_records
 
 _PROVIDERS_SQL = (
     "SELECT p.peer, r.addrs, r.received_at, r.expires_at, r.addrs_expire_at "
     "FROM provider_records r JOIN provider_peers p ON p.id = r.provider_id "
     "WHERE r.key = ? AND r.expires_at > ? ORDER BY random() LIMIT ?"
 )
-
+# A record's source group is the one it was first stored with: a refresh keeps it.
+_UPSERT_SQL = (
+    "INSERT INTO provider_records "
+    "(key, provider_id, addrs, received_at, expires_at, addrs_expire_at, source_group) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key, provider_id) DO UPDATE SET "
+    "addrs = excluded.addrs, received_at = excluded.received_at, "
+    "expires_at = excluded.expires_at, addrs_expire_at = excluded.addrs_expire_at"
+)
 
 # Records written per transaction.
 WRITE_BATCH = 1000
 
 
+def _marks(count: int) -> str:
+    return ",".join("?" * count)
+
+
+@dataclass(slots=True)
+class _KeyRecords:
+    """What a key holds now: its providers, and each record's expiry and source group."""
+
+    held: dict[int, tuple[float, str | None]] = field(default_factory=dict)
+
+    def live(self, at: float, *, group: str | None = None, besides: int | None = None) -> int:
+        return sum(
+            1
+            for provider_id, (expires_at, grp) in self.held.items()
+            if expires_at > at and provider_id != besides and (group is None or grp == group)
+        )
+
+
+class _Batch:
+    """One transaction's view of the rows its records touch, kept current as it decides."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+        self.ids: dict[bytes, int] = {}
+        self.peer_records: dict[int, int] = {}
+        self.keys: dict[bytes, _KeyRecords] = {}
+        self.groups: dict[str, int] = {}
+        self.rows: list[tuple[object, ...]] = []
+
+    async def load(self, records: Iterable[ProviderRecord], groups: Iterable[str]) -> None:
+        records = list(records)
+        peers = list(dict.fromkeys(r.provider.raw for r in records))
+        await self.conn.executemany(
+            "INSERT OR IGNORE INTO provider_peers (peer) VALUES (?)", [(p,) for p in peers]
+        )
+        async with self.conn.execute(
+            f"SELECT id, peer, records FROM provider_peers WHERE peer IN ({_marks(len(peers))})",
+            peers,
+        ) as cursor:
+            async for provider_id, peer, count in cursor:
+                self.ids[peer] = provider_id
+                self.peer_records[provider_id] = count
+        keys = list(dict.fromkeys(r.key for r in records))
+        self.keys = {key: _KeyRecords() for key in keys}
+        async with self.conn.execute(
+            "SELECT key, provider_id, expires_at, source_group FROM provider_records "
+            f"WHERE key IN ({_marks(len(keys))})",
+            keys,
+        ) as cursor:
+            async for key, provider_id, expires_at, group in cursor:
+                self.keys[key].held[provider_id] = (expires_at, group)
+        wanted = list(dict.fromkeys(groups))
+        if wanted:
+            async with self.conn.execute(
+                f"SELECT grp, records FROM provider_groups WHERE grp IN ({_marks(len(wanted))})",
+                wanted,
+            ) as cursor:
+                async for grp, count in cursor:
+                    self.groups[grp] = count
+
+    def store(self, record: ProviderRecord, group: str | None) -> None:
+        """Queue the upsert and count it as the triggers will (a new row only)."""
+        provider_id = self.ids[record.provider.raw]
+        on_key = self.keys[record.key]
+        if provider_id not in on_key.held:
+            self.peer_records[provider_id] = self.peer_records.get(provider_id, 0) + 1
+            if group is not None:
+                self.groups[group] = self.groups.get(group, 0) + 1
+            on_key.held[provider_id] = (record.expires_at, group)
+        else:
+            on_key.held[provider_id] = (record.expires_at, on_key.held[provider_id][1])
+        self.rows.append(
+            (
+                record.key,
+                provider_id,
+                pack_addrs(record.addrs),
+                record.received_at,
+                record.expires_at,
+                record.addrs_expire_at,
+                group,
+            )
+        )
+
+    async def write(self) -> None:
+        if self.rows:
+            await self.conn.executemany(_UPSERT_SQL, self.rows)
+
+
 class SqliteProviderStore(Repository):
     name = "providers"
 
-    def __init__(self, engine: AsyncEngine, *, max_per_key: int) -> None:
-        self.engine = engine
+    def __init__(self, db: Database, *, max_per_key: int) -> None:
+        self.db = db
         self.max_per_key = max_per_key
         self.reader: sqlite3.Connection | None = None
 
@@ -47,9 +145,20 @@ class SqliteProviderStore(Repository):
         `WRITE_BATCH` (one fsync each, and the write lock never held long); which were stored."""
         stored: list[bool] = []
         for start in range(0, len(records), WRITE_BATCH):
-            async with self.engine.begin() as conn:
-                chunk = records[start : start + WRITE_BATCH]
-                stored += await conn.run_sync(_upsert_all, chunk, self.max_per_key)
+            chunk = records[start : start + WRITE_BATCH]
+            async with self.db.transaction() as conn:
+                batch = _Batch(conn)
+                await batch.load(chunk, ())
+                for record in chunk:
+                    provider_id = batch.ids[record.provider.raw]
+                    on_key = batch.keys[record.key]
+                    full = on_key.live(record.received_at, besides=provider_id) >= self.max_per_key
+                    if full and provider_id not in on_key.held:
+                        stored.append(False)
+                        continue
+                    batch.store(record, None)
+                    stored.append(True)
+                await batch.write()
         return stored
 
     @atomic
@@ -57,37 +166,63 @@ class SqliteProviderStore(Repository):
         self, received: Sequence[ReceivedRecord], quota: ProviderQuota
     ) -> list[Refusal | None]:
         """Records from peers, each under the caps, one transaction per `WRITE_BATCH`; soft
-        state, so committed without fsync (synchronous=NORMAL: a crash of the machine may lose
-        the last few, which their providers republish; the database stays consistent)."""
+        state, so committed without fsync (a crash of the machine may lose the last few, which
+        their providers republish; the database stays consistent). A (key, provider) already
+        held is refreshed whatever the quotas say; a new one must fit every cap."""
         outcome: list[Refusal | None] = []
-        try:
-            for start in range(0, len(received), WRITE_BATCH):
-                async with self.engine.begin() as conn:
-                    await conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
-                    chunk = received[start : start + WRITE_BATCH]
-                    outcome += await conn.run_sync(_accept_all, chunk, self.max_per_key, quota)
-        finally:
-            async with self.engine.connect() as conn:
-                await conn.exec_driver_sql("PRAGMA synchronous=FULL")
+        for start in range(0, len(received), WRITE_BATCH):
+            chunk = received[start : start + WRITE_BATCH]
+            async with self.db.transaction(durable=False) as conn:
+                batch = _Batch(conn)
+                await batch.load(
+                    (item.record for item in chunk),
+                    (item.source_group for item in chunk if item.source_group is not None),
+                )
+                for item in chunk:
+                    refusal = self._refusal(batch, item, quota)
+                    if refusal is None:
+                        batch.store(item.record, item.source_group)
+                    outcome.append(refusal)
+                await batch.write()
         return outcome
+
+    def _refusal(self, batch: _Batch, item: ReceivedRecord, quota: ProviderQuota) -> Refusal | None:
+        record, group = item.record, item.source_group
+        provider_id = batch.ids[record.provider.raw]
+        on_key = batch.keys[record.key]
+        if provider_id in on_key.held:
+            return None
+        at = record.received_at
+        if on_key.live(at) >= self.max_per_key:
+            return Refusal.KEY_FULL
+        if batch.peer_records.get(provider_id, 0) >= quota.per_peer:
+            return Refusal.PEER_QUOTA
+        if group is None:
+            return None
+        if batch.groups.get(group, 0) >= quota.per_group:
+            return Refusal.GROUP_QUOTA
+        if on_key.live(at, group=group) >= quota.per_key_per_group:
+            return Refusal.KEY_GROUP
+        return None
 
     @atomic
     async def sweep_orphans(self) -> int:
         """Delete provider_peers rows no record refers to (their counts are kept by triggers)."""
-        async with self.engine.begin() as conn:
-            result = await conn.execute(delete(provider_peers).where(provider_peers.c.records <= 0))
-            await conn.execute(delete(provider_groups).where(provider_groups.c.records <= 0))
-            return int(result.rowcount or 0)
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute("DELETE FROM provider_peers WHERE records <= 0")
+            swept = cursor.rowcount
+            await conn.execute("DELETE FROM provider_groups WHERE records <= 0")
+            return max(0, swept)
 
     @atomic
     async def remove_provider(self, key: bytes, provider: PeerId) -> bool:
-        t = provider_records
-        ids = select(provider_peers.c.id).where(provider_peers.c.peer == provider.raw)
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                delete(t).where(t.c.key == key, t.c.provider_id.in_(ids.scalar_subquery()))
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "DELETE FROM provider_records WHERE key = ? AND provider_id = "
+                "(SELECT id FROM provider_peers WHERE peer = ?)",
+                (key, provider.raw),
             )
-            return bool(result.rowcount)
+            return cursor.rowcount > 0
 
     async def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderRecord]:
         if self.reader is None:
@@ -114,142 +249,24 @@ class SqliteProviderStore(Repository):
     @atomic
     async def expire(self, now: float, batch: int) -> int:
         """Delete up to `batch` expired records (peers rows stay until `sweep_orphans`)."""
-        t = provider_records
-        async with self.engine.begin() as conn:
-            doomed = select(t.c.key, t.c.provider_id).where(t.c.expires_at <= now).limit(batch)
-            keys = [(r.key, r.provider_id) for r in await conn.execute(doomed)]
-            for key, provider_id in keys:
-                await conn.execute(delete(t).where(t.c.key == key, t.c.provider_id == provider_id))
-            return len(keys)
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "DELETE FROM provider_records WHERE (key, provider_id) IN "
+                "(SELECT key, provider_id FROM provider_records WHERE expires_at <= ? LIMIT ?)",
+                (now, batch),
+            )
+            return max(0, cursor.rowcount)
 
     @atomic
     async def count(self, now: float | None = None) -> int:
         """Records held; with `now`, only those not yet expired (what a GET_PROVIDERS sees)."""
-        query = select(func.count()).select_from(provider_records)
-        if now is not None:
-            query = query.where(provider_records.c.expires_at > now)
-        async with self.engine.connect() as conn:
-            return int(await conn.scalar(query) or 0)
-
-
-def _upsert_all(
-    conn: Connection, records: Sequence[ProviderRecord], max_per_key: int
-) -> list[bool]:
-    """`add_providers` inside its transaction, on the synchronous connection: one hand-off to
-    the database thread for the whole batch instead of several per record."""
-    t = provider_records
-    ids: dict[bytes, int] = {}
-    stored = []
-    for record in records:
-        provider_id = _provider_id(conn, record.provider.raw, ids)
-        others = conn.scalar(
-            select(func.count())
-            .select_from(t)
-            .where(
-                t.c.key == record.key,
-                t.c.provider_id != provider_id,
-                t.c.expires_at > record.received_at,
-            )
-        )
-        if others is not None and others >= max_per_key and not _held(conn, record, provider_id):
-            stored.append(False)
-            continue
-        _upsert(conn, record, provider_id)
-        stored.append(True)
-    return stored
-
-
-def _held(conn: Connection, record: ProviderRecord, provider_id: int) -> bool:
-    t = provider_records
-    query = select(func.count()).select_from(t)
-    return bool(conn.scalar(query.where(t.c.key == record.key, t.c.provider_id == provider_id)))
-
-
-def _upsert(
-    conn: Connection, record: ProviderRecord, provider_id: int, source_group: str | None = None
-) -> None:
-    """Insert the record, or refresh its addresses and times (its source group stays)."""
-    t = provider_records
-    stmt = insert(t).values(
-        key=record.key,
-        provider_id=provider_id,
-        addrs=pack_addrs(record.addrs),
-        received_at=record.received_at,
-        expires_at=record.expires_at,
-        addrs_expire_at=record.addrs_expire_at,
-        source_group=source_group,
-    )
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[t.c.key, t.c.provider_id],
-            set_={
-                "addrs": stmt.excluded.addrs,
-                "received_at": stmt.excluded.received_at,
-                "expires_at": stmt.excluded.expires_at,
-                "addrs_expire_at": stmt.excluded.addrs_expire_at,
-            },
-        )
-    )
-
-
-def _provider_id(conn: Connection, peer: bytes, ids: dict[bytes, int]) -> int:
-    provider_id = ids.get(peer)
-    if provider_id is None:
-        conn.execute(insert(provider_peers).values(peer=peer).on_conflict_do_nothing())
-        provider_id = conn.scalar(select(provider_peers.c.id).where(provider_peers.c.peer == peer))
-        assert provider_id is not None
-        ids[peer] = provider_id
-    return provider_id
-
-
-def _accept_all(
-    conn: Connection,
-    received: Sequence[ReceivedRecord],
-    max_per_key: int,
-    quota: ProviderQuota,
-) -> list[Refusal | None]:
-    """`accept_providers` inside its transaction. A (key, provider) already held is
-    refreshed whatever the quotas say; a new one must fit every cap."""
-    ids: dict[bytes, int] = {}
-    outcome: list[Refusal | None] = []
-    for item in received:
-        record, group = item.record, item.source_group
-        provider_id = _provider_id(conn, record.provider.raw, ids)
-        if not _held(conn, record, provider_id):
-            refusal = _refusal(conn, record, provider_id, group, max_per_key, quota)
-            if refusal is not None:
-                outcome.append(refusal)
-                continue
-        _upsert(conn, record, provider_id, group)
-        outcome.append(None)
-    return outcome
-
-
-def _refusal(
-    conn: Connection,
-    record: ProviderRecord,
-    provider_id: int,
-    group: str | None,
-    max_per_key: int,
-    quota: ProviderQuota,
-) -> Refusal | None:
-    t = provider_records
-    live_on_key = (t.c.key == record.key) & (t.c.expires_at > record.received_at)
-    if (conn.scalar(select(func.count()).select_from(t).where(live_on_key)) or 0) >= max_per_key:
-        return Refusal.KEY_FULL
-    records = conn.scalar(
-        select(provider_peers.c.records).where(provider_peers.c.id == provider_id)
-    )
-    if (records or 0) >= quota.per_peer:
-        return Refusal.PEER_QUOTA
-    if group is None:
-        return None
-    in_group = conn.scalar(select(provider_groups.c.records).where(provider_groups.c.grp == group))
-    if (in_group or 0) >= quota.per_group:
-        return Refusal.GROUP_QUOTA
-    same_group = conn.scalar(
-        select(func.count()).select_from(t).where(live_on_key, t.c.source_group == group)
-    )
-    if (same_group or 0) >= quota.per_key_per_group:
-        return Refusal.KEY_GROUP
-    return None
+        async with self.db.reading() as conn:
+            if now is None:
+                cursor = await conn.execute("SELECT count(*) FROM provider_records")
+            else:
+                cursor = await conn.execute(
+                    "SELECT count(*) FROM provider_records WHERE expires_at > ?", (now,)
+                )
+            row = await cursor.fetchone()
+            await cursor.close()
+        return int(row[0]) if row else 0

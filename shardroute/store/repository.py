@@ -10,7 +10,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
-from sqlalchemy.exc import DBAPIError
 
 from shardroute.errors import StoreError, StoreFull, StoreUnavailable
 
@@ -38,7 +37,7 @@ def atomic(
     fn: Callable[Concatenate[Repo, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate[Repo, P], Coroutine[Any, Any, R]]:
     """Run a store operation shielded from cancellation (they are short, and one cut off
-    inside aiosqlite leaves its connection and thread behind, which stalls the process), and
+    between BEGIN and COMMIT would leave the shared connection inside its transaction), and
     report how long it took."""
 
     async def run(self: Repo, /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -46,7 +45,7 @@ def atomic(
         with anyio.CancelScope(shield=True):
             try:
                 result = await fn(self, *args, **kwargs)
-            except (DBAPIError, sqlite3.Error) as exc:
+            except sqlite3.Error as exc:
                 raise store_failure(exc, f"{self.name}.{fn.__name__}") from exc
         self._observed(fn.__name__, started)
         return result
@@ -67,10 +66,9 @@ SQLITE_CANTOPEN = 14
 def store_failure(exc: BaseException, operation: str) -> StoreError:
     """The StoreError for a database exception: full, unwritable, or something else. The
     transaction was rolled back; nothing of the operation was kept."""
-    orig = exc.orig if isinstance(exc, DBAPIError) else exc
-    code = getattr(orig, "sqlite_errorcode", None)
+    code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
-    text = str(orig)
+    text = str(exc)
     if primary == SQLITE_FULL or "disk is full" in text:
         return StoreFull(f"{operation}: the disk is full ({text})")
     unwritable = (SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN)

@@ -1,6 +1,7 @@
-"""The SQLite schema as SQLAlchemy Core tables. Alembic migrations create it; this module is
-what queries are written against. Keys and peer IDs are stored as raw bytes (WITHOUT ROWID
-tables keyed by them keep a provider record near 150 bytes on disk)."""
+"""The SQLite schema as SQLAlchemy Core tables: alembic's target metadata. Migrations create
+the schema; this is its description in one place. The repositories write plain SQL against it
+(a compiled Core statement per call cost more than the write). Keys and peer IDs are stored as
+raw bytes (WITHOUT ROWID tables keyed by them keep a provider record near 150 bytes on disk)."""
 
 from __future__ import annotations
 
