@@ -11,11 +11,15 @@ class Wakeup:
     __slots__ = ("_event",)
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
+        # Made by the first waiter: most fires (a writer woken per frame) find nobody waiting.
+        self._event: anyio.Event | None = None
 
     def fire(self) -> None:
-        self._event.set()
-        self._event = anyio.Event()
+        if self._event is not None:
+            self._event.set()
+            self._event = None
 
     async def wait(self) -> None:
+        if self._event is None:
+            self._event = anyio.Event()
         await self._event.wait()

@@ -41,11 +41,11 @@ class RequestClient:
         message: KadMessage,
         limit: float,
     ) -> KadMessage | None:
-        """One request under `fail_after(limit)`; None when it failed."""
+        """One request, given `limit` seconds (the transport keeps the deadline); None when
+        it failed."""
         reply: KadMessage | None = None
         try:
-            with anyio.fail_after(limit):
-                reply = await self.transport.request(peer, message, timeout=limit)
+            reply = await self.transport.request(peer, message, timeout=limit)
         except (KadRequestFailed, TimeoutError) as exc:
             log.debug(
                 "%s %s to %s failed: %s",
@@ -69,8 +69,7 @@ class RequestClient:
 
         async def one(peer: PeerId, messages: Sequence[KadMessage]) -> None:
             try:
-                with anyio.fail_after(limit):
-                    await self.transport.send(infos[peer], messages, timeout=limit)
+                await self.transport.send(infos[peer], messages, timeout=limit)
             except (KadRequestFailed, TimeoutError) as exc:
                 log.debug("%d messages to %s failed: %s", len(messages), peer, describe(exc))
                 ok = False

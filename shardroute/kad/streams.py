@@ -52,9 +52,13 @@ class Stream(Protocol):
     @property
     def finished_locally(self) -> bool: ...
 
-    async def receive(self, max_bytes: int = ...) -> bytes: ...
+    async def receive(self, max_bytes: int = ..., *, deadline: float | None = None) -> bytes:
+        """With `deadline` (anyio.current_time() base): TimeoutError if nothing came by then."""
+        ...
 
-    async def send(self, data: bytes) -> None: ...
+    async def send(self, data: bytes, *, deadline: float | None = None) -> None:
+        """With `deadline`: TimeoutError if the peer kept the write waiting past then."""
+        ...
 
     async def send_eof(self) -> None: ...
 
@@ -192,18 +196,26 @@ async def _read_message(stream: Stream, reader: LengthPrefixedReader | None = No
 
 async def _read_request(stream: Stream, reader: LengthPrefixedReader) -> bytes | None:
     """The next request: up to a minute for it to begin (go's idle timeout), then
-    `KAD_READ_TIMEOUT` for the rest, so a peer cannot hold a buffer open by trickling."""
-    with anyio.fail_after(limits.KAD_IDLE_TIMEOUT):
-        while not reader.buffered:
-            body = reader.next_message()
-            if body is not None:
-                return body
-            try:
-                reader.receive_data(await stream.receive())
-            except anyio.EndOfStream:
-                return None
-    with anyio.fail_after(limits.KAD_READ_TIMEOUT):
-        return await _read_message(stream, reader)
+    `KAD_READ_TIMEOUT` for the rest, so a peer cannot hold a buffer open by trickling.
+    The deadlines are the stream's own, so a request already here costs no timer."""
+    deadline = anyio.current_time() + limits.KAD_IDLE_TIMEOUT
+    while True:
+        body = reader.next_message()
+        if body is not None:
+            return body
+        if reader.buffered and deadline > (rest := anyio.current_time() + limits.KAD_READ_TIMEOUT):
+            deadline = rest  # the request began: the rest of it comes soon or never
+        try:
+            reader.receive_data(await stream.receive(deadline=deadline))
+        except anyio.EndOfStream:
+            if reader.buffered:
+                raise KadMessageError("stream ended inside a message") from None
+            return None
+
+
+# Answered from the routing table alone, never waiting on IO: a deadline could not cut them
+# short (cancellation needs an await) and would only cost a timer per request.
+_ANSWERED_FROM_MEMORY = frozenset({MessageType.FIND_NODE, MessageType.PING})
 
 
 def make_server_handler(
@@ -252,11 +264,14 @@ def make_server_handler(
                         break
                     batch.append(following)
                 try:
-                    with anyio.fail_after(limits.KAD_HANDLE_TIMEOUT):
-                        if request.type is MessageType.ADD_PROVIDER:
+                    if request.type is MessageType.ADD_PROVIDER:
+                        with anyio.fail_after(limits.KAD_HANDLE_TIMEOUT):
                             await handler.add_providers(sender, batch)
-                            reply = None
-                        else:
+                        reply = None
+                    elif request.type in _ANSWERED_FROM_MEMORY:
+                        reply = await handler.handle(sender, request)
+                    else:
+                        with anyio.fail_after(limits.KAD_HANDLE_TIMEOUT):
                             reply = await handler.handle(sender, request)
                 except (KadRequestRejected, RequestRefused):
                     counted(request.type, "rejected")
@@ -273,8 +288,10 @@ def make_server_handler(
                     raise
                 counted(request.type, "ok", len(batch))
                 if reply is not None:
-                    with anyio.fail_after(limits.WRITE_TIMEOUT):
-                        await stream.send(frame(encode_message(reply)))
+                    await stream.send(
+                        frame(encode_message(reply)),
+                        deadline=anyio.current_time() + limits.WRITE_TIMEOUT,
+                    )
         except RequestRefused as exc:
             log.debug("refusing DHT request from %s: %s", sender, exc)
             await stream.reset()

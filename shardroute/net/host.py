@@ -93,6 +93,7 @@ class HostLimits:
     dial_timeout: float = limits.DIAL_TIMEOUT
     upgrade_timeout: float = limits.UPGRADE_TIMEOUT
     negotiation_timeout: float = limits.STREAM_NEGOTIATION_TIMEOUT
+    write_timeout: float = limits.WRITE_TIMEOUT
 
 
 class PeerMemory:
@@ -419,6 +420,7 @@ class Host:
             on_stream=on_stream,
             max_streams=self.limits.max_streams_per_connection,
             memory=PeerMemory(self.resources, peer),
+            write_timeout=self.limits.write_timeout,
         )
         return conn
 

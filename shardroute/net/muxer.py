@@ -7,6 +7,7 @@ bytes between it and the secure channel and wakes the tasks waiting on a stream.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from enum import Enum
 from typing import Protocol
@@ -64,6 +65,14 @@ class UnlimitedMemory:
 
     def shrink(self, n: int) -> None:
         pass
+
+
+async def _wait_until(wakeup: Wakeup, deadline: float | None) -> None:
+    if deadline is None:
+        await wakeup.wait()
+    else:
+        with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+            await wakeup.wait()
 
 
 class MuxedStream:
@@ -163,7 +172,9 @@ class MuxedStream:
                 self._accounted += len(data)
 
     # -- the application side --
-    async def receive(self, max_bytes: int = 65536) -> bytes:
+    async def receive(self, max_bytes: int = 65536, *, deadline: float | None = None) -> bytes:
+        """Up to `max_bytes`; with `deadline` (anyio.current_time() base), TimeoutError if
+        nothing arrived by then. The deadline costs nothing when data is already here."""
         if self._lazy is not None:
             await self.confirm_protocol()
         while not self._buffer:
@@ -173,7 +184,7 @@ class MuxedStream:
                 raise anyio.EndOfStream
             if self.conn.closed:
                 raise ConnectionClosed("connection closed")
-            await self._changed.wait()
+            await _wait_until(self._changed, deadline)
         chunk = bytes(self._buffer[:max_bytes])
         del self._buffer[:max_bytes]
         credit = len(chunk)
@@ -196,7 +207,11 @@ class MuxedStream:
             out += await self.receive(n - len(out))
         return bytes(out)
 
-    async def send(self, data: bytes | bytearray | memoryview) -> None:
+    async def send(
+        self, data: bytes | bytearray | memoryview, *, deadline: float | None = None
+    ) -> None:
+        """Queue all of `data` for the writer; with `deadline`, TimeoutError if the peer's
+        window or our bounded output kept it waiting past then (free when nothing waits)."""
         if self._lazy is not None and (proposal := self._lazy.take_proposal()):
             data = proposal + bytes(data)  # one frame: proposal and first message together
         view = memoryview(data)
@@ -206,14 +221,15 @@ class MuxedStream:
             if self.conn.closed:
                 raise ConnectionClosed("connection closed")
             if self.conn.session.queued_output >= limits.YAMUX_OUTPUT_HIGH_WATER:
-                await self.conn.output_drained.wait()  # the writer took what was queued
+                # until the writer took what was queued
+                await _wait_until(self.conn.output_drained, deadline)
                 continue
             taken = self.conn.session.send_data(self.stream_id, view)
             if taken:
                 view = view[taken:]
                 self.conn.wake_writer()
             else:
-                await self._changed.wait()
+                await _wait_until(self._changed, deadline)
 
     async def send_eof(self) -> None:
         if self._write_closed or self._reset or self.conn.closed:
@@ -294,6 +310,7 @@ class MuxedConnection:
         self.streams_changed = Wakeup()  # a stream ended
         self.output_drained = Wakeup()  # the writer took the queued frames
         self._sending = False
+        self._write_started: float | None = None  # monotonic time the current write began
         self.closed = False
         self.close_reason: str | None = None
         self._on_stream = on_stream
@@ -319,6 +336,7 @@ class MuxedConnection:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._writer)
+                tg.start_soon(self._watch_writes)
                 tg.start_soon(self._keepalive)
                 task_status.started()
                 try:
@@ -413,8 +431,9 @@ class MuxedConnection:
                 if data:
                     self.output_drained.fire()
                     self._sending = True
-                    with anyio.fail_after(self._write_timeout):
-                        await self.channel.send(data)
+                    self._write_started = time.monotonic()
+                    await self.channel.send(data)
+                    self._write_started = None
                     self._sending = False
                     continue
                 if self.closed:
@@ -422,11 +441,6 @@ class MuxedConnection:
                 await self._wake.wait()
         except ConnectionClosed as exc:
             self.close_reason = self.close_reason or f"write failed: {exc}"
-            if self._tg is not None:
-                self._tg.cancel_scope.cancel()
-        except TimeoutError:
-            log.info("closing connection to %s: it stopped reading", self.remote_peer)
-            self.close_reason = self.close_reason or "write timed out"
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
 
@@ -483,6 +497,22 @@ class MuxedConnection:
                 f"{self.session.queued_output} bytes queued for a peer that does not read"
             )
         self.wake_writer()
+
+    async def _watch_writes(self) -> None:
+        """End the connection once one write has made no progress for the write timeout (the
+        peer stopped reading). A check every quarter of it rather than a deadline per write:
+        nearly every write finishes at once, and a deadline each put a timer and a cancel scope
+        on the hot path (a tenth of the CPU of a lookup)."""
+        period = self._write_timeout / 4
+        while True:
+            await anyio.sleep(period)
+            started = self._write_started
+            if started is not None and time.monotonic() - started >= self._write_timeout:
+                log.info("closing connection to %s: it stopped reading", self.remote_peer)
+                self.close_reason = self.close_reason or "write timed out"
+                if self._tg is not None:
+                    self._tg.cancel_scope.cancel()
+                return
 
     async def _keepalive(self) -> None:
         while not self.closed:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from shardroute import limits
 from shardroute.app import App
 from shardroute.errors import StreamReset
 from shardroute.kad.messages import (
@@ -104,3 +105,30 @@ async def test_garbage_closer_peers_never_reach_the_routing_table() -> None:
         report = await asker.dht.get_closest_peers(b"anything")
         assert [p.peer_id for p in report.peers] == [liar.peer_id]
         assert asker.dht.routing_table.peers() == [liar.peer_id]
+
+
+@pytest.mark.parametrize("phase", ["idle", "trickle"])
+async def test_a_request_that_never_begins_or_never_ends_is_reset_at_its_deadline(
+    monkeypatch: pytest.MonkeyPatch, phase: str
+) -> None:
+    """A stream that sends nothing gets the idle timeout; one that sent half a request gets the
+    read timeout from there (a peer cannot hold a buffer open by trickling). Whole requests on
+    the same stream before that are answered."""
+    monkeypatch.setattr(limits, "KAD_IDLE_TIMEOUT", 1.5)
+    monkeypatch.setattr(limits, "KAD_READ_TIMEOUT", 0.5)
+    async with node() as target, node() as sender:
+        await sender.node.connect(address(target))
+        stream = await sender.host.new_stream(target.peer_id, [PROTOCOL])
+        request = frame(encode_message(KadMessage(type=MessageType.FIND_NODE, key=KEY)))
+        await stream.send(request)
+        reader = LengthPrefixedReader(limits.KAD_MAX_MESSAGE)
+        with anyio.fail_after(5):
+            while reader.next_message() is None:
+                reader.receive_data(await stream.receive())
+        if phase == "trickle":
+            await stream.send(request[: len(request) // 2])
+        started = anyio.current_time()
+        with pytest.raises(StreamReset), anyio.fail_after(5):
+            await stream.receive()
+        took = anyio.current_time() - started
+        assert (0.5 if phase == "trickle" else 1.5) <= took < (1.4 if phase == "trickle" else 3)

@@ -18,7 +18,10 @@ from shardroute.net.addresses import AnnouncePolicy
 from shardroute.net.host import Host, HostLimits
 from shardroute.net.muxer import MuxedStream
 from shardroute.net.resources import ResourceLimits
+from shardroute.net.upgrader import upgrade
 from shardroute.protocol.identify import IDENTIFY_PROTOCOL
+from shardroute.protocol.multistream import MULTISTREAM_ID, encode_line
+from shardroute.protocol.yamux import YamuxSession
 
 pytestmark = pytest.mark.anyio
 
@@ -184,6 +187,38 @@ async def test_slow_reader_makes_the_sender_wait() -> None:
                 await done.wait()
                 answer = await stream.receive()
         assert int(answer) == len(payload)
+
+
+async def test_a_peer_that_stops_reading_is_cut_off_after_the_write_timeout() -> None:
+    """A peer fills 48 echo streams and never reads its socket again: the echoes stall in the
+    kernel's buffers, the connection is closed once a write has waited write_timeout, and an
+    honest peer is served all along."""
+    attacker = Ed25519PrivateKey.generate()
+    attacker_id = PeerId.from_public_key(attacker.public_key)
+    async with new_host(host_limits=HostLimits(write_timeout=1.0)) as victim, new_host() as honest:
+        victim.set_stream_handler(ECHO, echo_handler)
+        port = int(victim.listen_addrs[0].value_for_protocol("tcp"))
+        raw = await anyio.connect_tcp("127.0.0.1", port)
+        channel, _ = await upgrade(raw, attacker, initiator=True, expected_peer=victim.peer_id)
+        session = YamuxSession(is_client=True)
+        proposal = encode_line(MULTISTREAM_ID) + encode_line(ECHO)
+        payload = os.urandom(YAMUX_INITIAL_WINDOW - len(proposal))
+        for _ in range(48):
+            stream_id = session.open_stream()
+            assert session.send_data(stream_id, proposal + payload) == YAMUX_INITIAL_WINDOW
+        await channel.send(session.data_to_send())
+        with anyio.fail_after(20):
+            while (conn := victim.connections.get(attacker_id)) is None:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+            started = anyio.current_time()
+            await honest.dial(parse_multiaddr(full_addr(victim)))
+            while not conn.closed:
+                assert await honest.ping(victim.peer_id)
+                await anyio.sleep(0.1)
+        assert conn.close_reason == "write timed out"
+        assert anyio.current_time() - started >= 1.0
+        assert await honest.ping(victim.peer_id)
+        await raw.aclose()
 
 
 async def test_simultaneous_dials_end_with_one_connection() -> None:
