@@ -45,7 +45,7 @@ from shardroute.net.peerstore import CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR
 from shardroute.net.ping import PING_PROTOCOL, handle_ping, ping_round_trips
 from shardroute.net.resources import Reservation, ResourceLimits, ResourceManager
 from shardroute.net.secure import SecureChannel
-from shardroute.net.transport import listen_tcp, remote_multiaddr
+from shardroute.net.transport import TcpStream, listen_tcp, remote_multiaddr
 from shardroute.net.upgrader import upgrade
 
 log = logging.getLogger(__name__)
@@ -279,10 +279,10 @@ class Host:
             self._listen_scopes.append(scope)
             await listen_tcp(addr, self._accept, self._tg, task_status=task_status)
 
-    async def _accept(self, raw: anyio.abc.SocketStream) -> None:
+    async def _accept(self, raw: TcpStream) -> None:
         try:
             remote_addr = remote_multiaddr(raw)
-        except (anyio.TypedAttributeLookupError, OSError):
+        except OSError:
             # Reset before we asked for its peer address (getpeername fails): nothing to serve,
             # and raising here would end the host's task group.
             log.debug("inbound connection closed before it could be served")

@@ -3,12 +3,10 @@ multistream `/noise`, the Noise XX handshake, multistream `/yamux/1.0.0`."""
 
 from __future__ import annotations
 
-import anyio.abc
-
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
 from shardroute.net.negotiate import handle_protocol, select_protocol
-from shardroute.net.secure import SecureChannel, secure_inbound, secure_outbound
+from shardroute.net.secure import RawStream, SecureChannel, secure_inbound, secure_outbound
 
 NOISE_PROTOCOL = "/noise"
 YAMUX_PROTOCOL = "/yamux/1.0.0"
@@ -17,7 +15,7 @@ YAMUX_PROTOCOL = "/yamux/1.0.0"
 class Prefixed:
     """A byte stream that first yields bytes already read past a negotiation."""
 
-    def __init__(self, raw: anyio.abc.ByteStream, prefix: bytes = b"") -> None:
+    def __init__(self, raw: RawStream, prefix: bytes = b"") -> None:
         self._raw = raw
         self._prefix = prefix
 
@@ -35,7 +33,7 @@ class Prefixed:
 
 
 async def upgrade(
-    raw: anyio.abc.ByteStream,
+    raw: RawStream,
     identity: Ed25519PrivateKey,
     *,
     initiator: bool,
