@@ -56,68 +56,70 @@ def upgrade_database(path: Path, revision: str = "head") -> None:
         engine.dispose()
 
 
-# Applied to the writing connection. FULL: an acknowledged write survives a crash of the
-# process and of the machine (received records lower it per transaction: `durable=False`).
-_PRAGMAS = (
-    "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=FULL",
-    "PRAGMA foreign_keys=ON",
-    "PRAGMA busy_timeout=5000",
-)
+# Applied to both writing connections. Durable commits (synchronous=FULL) survive a crash of
+# the process and of the machine; soft ones (NORMAL: no fsync in WAL mode) keep the database
+# consistent and may lose the last commits to a machine crash.
+_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=5000")
 
 
 class Database:
-    """The node's one writing connection: aiosqlite, so statements run on its own thread and
-    the event loop never waits for the disk. A lock keeps one transaction (or read) at a time
-    on it, as SQLite has one writer anyway; each statement is one hand-off to that thread, so
-    repositories write few, set-based statements (executemany, IN lists) per operation."""
+    """The node's writing connections: aiosqlite, so statements run on their own threads and
+    the event loop never waits for the disk. Two of them, durable and soft, so a transaction
+    never spends statements switching `synchronous`; one lock keeps one transaction (or read)
+    at a time across both, as SQLite has one writer anyway. Each statement is one hand-off to
+    a thread, so repositories write few, set-based statements per operation."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    def __init__(self, durable: aiosqlite.Connection, soft: aiosqlite.Connection) -> None:
+        self._durable = durable
+        self._soft = soft
         self._lock = anyio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Database:
-        # Autocommit mode (isolation_level None): transactions are the explicit BEGINs below.
-        conn = await aiosqlite.connect(path, isolation_level=None)
+        opened: list[aiosqlite.Connection] = []
         try:
-            for pragma in _PRAGMAS:
-                await conn.execute(pragma)
+            for synchronous in ("FULL", "NORMAL"):
+                # Autocommit mode (isolation_level None): transactions are explicit BEGINs.
+                conn = await aiosqlite.connect(path, isolation_level=None)
+                opened.append(conn)
+                for pragma in (*_PRAGMAS, f"PRAGMA synchronous={synchronous}"):
+                    await conn.execute(pragma)
         except BaseException:
-            await conn.close()
+            for conn in opened:
+                await conn.close()
             raise
-        return cls(conn)
+        return cls(*opened)
 
     @asynccontextmanager
     async def transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
-        """BEGIN IMMEDIATE … COMMIT, rolled back on any error. `durable=False` commits without
-        fsync (synchronous=NORMAL: the database stays consistent, a machine crash may lose the
-        last commits) for soft state that its owners republish."""
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any error. `durable=False` for soft state
+        that its owners republish (received provider records)."""
         async with self._lock:
-            conn = self._conn
-            if not durable:
-                await conn.execute("PRAGMA synchronous=NORMAL")
+            conn = self._durable if durable else self._soft
+            await conn.execute("BEGIN IMMEDIATE")
             try:
-                await conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                    await conn.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        await conn.execute("ROLLBACK")  # none left if the COMMIT itself failed
-                    raise
-            finally:
-                if not durable:
-                    await conn.execute("PRAGMA synchronous=FULL")
+                yield conn
+                await conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")  # none left if the COMMIT itself failed
+                raise
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The connection for reads outside a transaction (each statement sees committed data)."""
+        """A connection for reads outside a transaction (each statement sees committed data)."""
         async with self._lock:
-            yield self._conn
+            yield self._durable
+
+    async def set_query_only(self, on: bool) -> None:
+        """Refuse (or allow again) every write on both connections, as a read-only file would."""
+        async with self._lock:
+            for conn in (self._durable, self._soft):
+                await conn.execute(f"PRAGMA query_only={'ON' if on else 'OFF'}")
 
     async def close(self) -> None:
-        await self._conn.close()
+        await self._durable.close()
+        await self._soft.close()
 
 
 def open_reader(path: Path) -> sqlite3.Connection:

@@ -72,16 +72,16 @@ class _Batch:
     async def load(self, records: Iterable[ProviderRecord], groups: Iterable[str]) -> None:
         records = list(records)
         peers = list(dict.fromkeys(r.provider.raw for r in records))
-        await self.conn.executemany(
-            "INSERT OR IGNORE INTO provider_peers (peer) VALUES (?)", [(p,) for p in peers]
-        )
-        async with self.conn.execute(
-            f"SELECT id, peer, records FROM provider_peers WHERE peer IN ({_marks(len(peers))})",
+        # One statement for every peer's row, new or not (the no-op update makes RETURNING
+        # name existing rows too).
+        rows = await self.conn.execute_fetchall(
+            f"INSERT INTO provider_peers (peer) VALUES {','.join(['(?)'] * len(peers))} "
+            "ON CONFLICT (peer) DO UPDATE SET peer = excluded.peer RETURNING id, peer, records",
             peers,
-        ) as cursor:
-            async for provider_id, peer, count in cursor:
-                self.ids[peer] = provider_id
-                self.peer_records[provider_id] = count
+        )
+        for provider_id, peer, count in rows:
+            self.ids[peer] = provider_id
+            self.peer_records[provider_id] = count
         keys = list(dict.fromkeys(r.key for r in records))
         self.keys = {key: _KeyRecords() for key in keys}
         async with self.conn.execute(

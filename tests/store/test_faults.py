@@ -159,8 +159,7 @@ async def test_a_read_only_database_refuses_writes_and_heals(tmp_path: Path) -> 
         await peer.node.connect(address(app))
         shard = ContentId.from_shard_hash(bytes.fromhex(digest("announced before")))
         await app.announce_and_wait([shard])
-        async with store.db.reading() as conn:
-            await conn.execute("PRAGMA query_only=ON")
+        await store.db.set_query_only(True)
         assert app.api is not None
         async with AsyncClient(f"127.0.0.1:{app.api.port}", timeout=10) as client:
             with pytest.raises(grpc.RpcError) as refused:
@@ -170,8 +169,7 @@ async def test_a_read_only_database_refuses_writes_and_heals(tmp_path: Path) -> 
             # the peer still finds the shard through this node's records
             found = [p async for p in peer.find_providers(shard.dht_key, 1)]
             assert [p.peer_id for p in found] == [app.peer_id]
-            async with store.db.reading() as conn:
-                await conn.execute("PRAGMA query_only=OFF")
+            await store.db.set_query_only(False)
             reply = await client.announce([bytes.fromhex(digest("after"))])
             assert reply.announced == 1
 
