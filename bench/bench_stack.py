@@ -127,7 +127,7 @@ async def main(args: argparse.Namespace) -> None:
     hs_wall, hs_cpu = await handshakes(args.seconds)
     one = await throughput(1, args.megabytes * 1_000_000)
     sixteen = await throughput(16, args.megabytes * 1_000_000)
-    async with start_peer("go") as go:
+    async with start_peer("go-v0.20") as go:  # the wheel peer: it serves the sink protocol
         target = parse_multiaddr(go.addrs[0])
         go_hs_wall, go_hs_cpu = await go_handshakes(target, args.seconds)
         go_one = await go_throughput(target, 1, args.go_megabytes * 1_000_000)
