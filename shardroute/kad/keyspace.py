@@ -6,6 +6,7 @@ record key. Distance is the XOR of two positions read as a big-endian integer. P
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import random
@@ -41,10 +42,17 @@ class Key:
 
     @classmethod
     def for_peer(cls, peer: PeerId) -> Key:
-        return cls(hashlib.sha256(peer.raw).digest())
+        return _peer_key(peer.raw)
 
     def __str__(self) -> str:
         return self.digest.hex()
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _peer_key(raw: bytes) -> Key:
+    """A peer's position, hashed once: every lookup places its (up to 4k) seeds and every
+    answer's peers, and they are mostly the same peers."""
+    return Key(hashlib.sha256(raw).digest())
 
 
 def xor_distance(a: Key, b: Key) -> int:

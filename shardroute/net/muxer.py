@@ -309,7 +309,6 @@ class MuxedConnection:
         self._max_queued_output = max_queued_output
         self.streams_changed = Wakeup()  # a stream ended
         self.output_drained = Wakeup()  # the writer took the queued frames
-        self._sending = False
         self._write_started: float | None = None  # monotonic time the current write began
         self.closed = False
         self.close_reason: str | None = None
@@ -415,7 +414,7 @@ class MuxedConnection:
         self.output_drained.fire()
 
     async def _flush_now(self) -> None:
-        if self._sending:
+        if self._write_started is not None:
             return  # the writer is mid-write; it cannot be joined
         data = self.session.data_to_send()
         if data:
@@ -430,11 +429,9 @@ class MuxedConnection:
                 data = self.session.data_to_send()
                 if data:
                     self.output_drained.fire()
-                    self._sending = True
                     self._write_started = time.monotonic()
                     await self.channel.send(data)
                     self._write_started = None
-                    self._sending = False
                     continue
                 if self.closed:
                     return

@@ -31,7 +31,8 @@ class TcpStream(asyncio.Protocol):
     every receive that waits: two epoll_ctl calls each, near a tenth of a node's CPU.)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_made: Callable[[], None] | None = None) -> None:
+        self._on_made = on_made  # an accepted connection: hand it to the listener's handler
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._eof = False
@@ -55,6 +56,8 @@ class TcpStream(asyncio.Protocol):
             self.remote_address = (str(peer[0]), int(peer[1]))
         if sock:
             self.local_address = (str(sock[0]), int(sock[1]))
+        if self._on_made is not None:
+            self._on_made()
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -175,7 +178,7 @@ async def listen_tcp(
             except RuntimeError:  # the host is shutting down
                 stream.abort()
 
-        stream = _AcceptedStream(serve)
+        stream = TcpStream(serve)
         return stream
 
     loop = asyncio.get_running_loop()
@@ -194,18 +197,6 @@ async def listen_tcp(
         await anyio.sleep_forever()
     finally:
         server.close()
-
-
-class _AcceptedStream(TcpStream):
-    """An accepted connection: handed to the listener's handler once it is made."""
-
-    def __init__(self, on_made: Callable[[], None]) -> None:
-        super().__init__()
-        self._on_made = on_made
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._on_made()
 
 
 async def dial_tcp(addr: Multiaddr, timeout: float) -> TcpStream:  # noqa: ASYNC109
