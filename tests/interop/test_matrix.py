@@ -31,6 +31,7 @@ from shardroute.protocol.identify import IDENTIFY_PROTOCOL
 from tests.interop.conftest import new_host
 from tests.interop.thirdparty import KINDS, Kind, PeerCommandError, ThirdPartyPeer, start_peer
 from tests.support.nodes import address, loopback_app
+from tests.support.polling import poll
 from tests.support.records import pk_record
 
 pytestmark = pytest.mark.anyio
@@ -48,19 +49,6 @@ def b64(data: bytes) -> str:
 
 def cid_of(text: str) -> ContentId:
     return ContentId.from_shard_hash(hashlib.sha256(text.encode()).digest())
-
-
-async def poll(what: str, check: object, seconds: float = 15) -> None:
-    """Until `check()` (sync or async) is true; fails naming `what`."""
-    with anyio.move_on_after(seconds):
-        while True:
-            result = check()  # type: ignore[operator]
-            if hasattr(result, "__await__"):
-                result = await result
-            if result:
-                return
-            await anyio.sleep(0.1)
-    raise AssertionError(f"not within {seconds} s: {what}")
 
 
 async def in_peer_table(peer: ThirdPartyPeer, ids: list[str]) -> None:
@@ -128,8 +116,15 @@ async def test_connect_identify_and_ping(kind: Kind, role: Role) -> None:
         assert transport in node.host.peerstore.addrs(peer_id, node.host.clock.monotonic())
 
         # the peer's view of shardroute, from shardroute's identify
-        info = await peer.command("peer_info", peer_id=str(node.peer_id))
-        assert str(node.host.listen_addrs[0]) in info["addrs"], info
+        ours = str(node.host.listen_addrs[0])
+        info: dict = {}
+
+        async def knows_our_address() -> bool:
+            # the peer reads our identify after the connection is up: poll
+            info.update(await peer.command("peer_info", peer_id=str(node.peer_id)))
+            return ours in info["addrs"]
+
+        await poll(f"{ours} in the {kind} peer's peerstore", knows_our_address)
         if kind == "go-v0.20":
             # The bindings' peerstore offers addresses only; its DHT uses our protocol list,
             # as the other cells show.

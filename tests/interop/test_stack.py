@@ -14,6 +14,7 @@ from shardroute.net.ping import PING_PROTOCOL
 from shardroute.protocol.identify import IDENTIFY_PROTOCOL
 from tests.interop.conftest import new_host
 from tests.interop.thirdparty import start_peer
+from tests.support.polling import poll
 
 pytestmark = pytest.mark.anyio
 
@@ -49,9 +50,16 @@ async def test_peer_dials_shardroute(kind: str) -> None:
         with anyio.fail_after(10):
             await host.wait_connected(peer_id)
             await host.wait_identified(peer_id)
-        # peer learned our listen address from our identify answer
-        info = await peer.command("peer_info", peer_id=str(host.peer_id))
-        assert str(host.listen_addrs[0]) in info["addrs"]
+        # peer learned our listen address from our identify answer, which it reads after the
+        # connection is up: poll
+        ours = str(host.listen_addrs[0])
+        info: dict = {}
+
+        async def knows_our_address() -> bool:
+            info.update(await peer.command("peer_info", peer_id=str(host.peer_id)))
+            return ours in info["addrs"]
+
+        await poll(f"{ours} in the {kind} peer's peerstore", knows_our_address)
         if kind == "go-v0.20":
             # The libp2p-go bindings expose no protocol or agent query on the peerstore; go's
             # use of our identify protocol list is shown by the DHT interop tests instead.
