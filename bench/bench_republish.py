@@ -9,12 +9,22 @@ cycle minus the time spent inside the other nodes' handlers (their side of the t
 that figure extrapolated to one million shards per 12 hours.
 
     python bench/bench_republish.py [--nodes 1000] [--shards 100000] [--no-write]
+    python bench/bench_republish.py --tree before=/path/to/old/checkout --tree after=. \
+        [--nodes 200] [--shards 10000] [--rounds 2] [--no-write]
+
+With `--tree`, each run is a child process with that tree's `shardroute` and `tests.support`
+first on its path (this script's code drives it, through APIs older trees share), trees run
+alternately, and the medians are compared in one table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sqlite3
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +32,9 @@ from pathlib import Path
 
 import anyio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# A child run of `--tree` gets that tree first; `bench.common` always comes from here.
+sys.path.insert(0, os.environ.get("BENCH_TREE", str(Path(__file__).resolve().parent.parent)))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import write_section
 from shardroute.config import Settings
@@ -36,26 +48,50 @@ from shardroute.store.database import SqliteStore
 from tests.support.cluster import Cluster
 
 
-class TimedHandler:
-    """A node's handler, with the CPU time spent in it added to a shared account."""
+class HandlerClock:
+    """Process CPU while any of the other nodes' handlers runs. A handler that waits lets
+    others (and the announcer) run inside its interval, so intervals are merged: time is
+    counted once however many handlers are open, never more than the cycle's own."""
 
-    def __init__(self, inner: KadHandler, account: list[float]) -> None:
+    def __init__(self) -> None:
+        self.open = 0
+        self.since = 0.0
+        self.total = 0.0
+
+    def enter(self) -> None:
+        if self.open == 0:
+            self.since = time.process_time()
+        self.open += 1
+
+    def leave(self) -> None:
+        self.open -= 1
+        if self.open == 0:
+            self.total += time.process_time() - self.since
+
+
+class TimedHandler:
+    """A node's handler, timed on the shared `HandlerClock`."""
+
+    def __init__(self, inner: KadHandler, clock: HandlerClock) -> None:
         self.inner = inner
-        self.account = account
+        self.clock = clock
 
     async def handle(self, sender: PeerId, request: KadMessage) -> KadMessage | None:
-        start = time.process_time()
+        self.clock.enter()
         try:
             return await self.inner.handle(sender, request)
         finally:
-            self.account[0] += time.process_time() - start
+            self.clock.leave()
 
 
-async def schedule(store: SqliteStore) -> dict[bytes, float]:
-    """Each announced shard's next publish time, read straight from the store."""
-    async with store.db.reading() as conn:
-        rows = await conn.execute_fetchall("SELECT key, next_publish_at FROM announcements")
+def schedule(path: Path) -> dict[bytes, float]:
+    """Each announced shard's next publish time, read straight from the database file."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT key, next_publish_at FROM announcements").fetchall()
         return {key: next_at for key, next_at in rows}
+    finally:
+        conn.close()
 
 
 async def run(nodes: int, shards: int) -> dict[str, float]:
@@ -64,10 +100,10 @@ async def run(nodes: int, shards: int) -> dict[str, float]:
         t = time.perf_counter()
         await cluster.build(nodes)
         build_s = time.perf_counter() - t
-        handler_cpu = [0.0]
+        handlers = HandlerClock()
         announcer = cluster.nodes[0]
         for node in cluster.nodes[1:]:
-            node.endpoint.serve(TimedHandler(node.dht.handler, handler_cpu))
+            node.endpoint.serve(TimedHandler(node.dht.handler, handlers))
         with tempfile.TemporaryDirectory() as folder:
             store = await SqliteStore.open(
                 Path(folder), max_providers_per_key=Settings().max_providers_per_key
@@ -87,19 +123,19 @@ async def run(nodes: int, shards: int) -> dict[str, float]:
                     first_s = time.perf_counter() - t
                     first = (publisher.stats.shards, publisher.stats.lookups)
                     sent_before = sum(cluster.network.delivered.values())
-                    cpu0, handler0, wall0 = time.process_time(), handler_cpu[0], time.perf_counter()
+                    cpu0, handler0, wall0 = time.process_time(), handlers.total, time.perf_counter()
                     stats0 = (publisher.stats.shards, publisher.stats.lookups)
-                    schedule0 = await schedule(store)
+                    schedule0 = schedule(store.path)
                     end = cluster.clock.monotonic() + publisher.cycle + publisher.window()
                     await cluster.clock.run_until(end, sleepers=1, stall_limit=3600)
                     cycle_cpu = time.process_time() - cpu0
-                    cycle_handlers = handler_cpu[0] - handler0
+                    cycle_handlers = handlers.total - handler0
                     cycle_wall = time.perf_counter() - wall0
                     messages = sum(cluster.network.delivered.values()) - sent_before
                     done = publisher.stats.shards - stats0[0]
                     lookups = publisher.stats.lookups - stats0[1]
                     # a shard the cycle republished has a new slot; one it missed does not
-                    schedule1 = await schedule(store)
+                    schedule1 = schedule(store.path)
                     renewed = sum(1 for k, at in schedule0.items() if schedule1[k] != at)
                     tg.cancel_scope.cancel()
             finally:
@@ -125,12 +161,83 @@ async def run(nodes: int, shards: int) -> dict[str, float]:
     }
 
 
+def run_tree(path: Path, nodes: int, shards: int) -> dict[str, float]:
+    env = dict(os.environ, BENCH_TREE=str(path))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker"]
+    cmd += ["--nodes", str(nodes), "--shards", str(shards)]
+    done = subprocess.run(cmd, cwd=path, env=env, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise SystemExit(f"the run on {path} failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def commit_of(path: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or "?"
+
+
+def compare(trees: list[tuple[str, Path]], nodes: int, shards: int, rounds: int) -> str:
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label, _ in trees}
+    for r in range(rounds):
+        for label, path in trees:
+            result = run_tree(path, nodes, shards)
+            runs[label].append(result)
+            print(f"round {r + 1} {label}: {json.dumps(result)}", flush=True)
+
+    def median(label: str, what: str) -> float:
+        return statistics.median(x[what] for x in runs[label])
+
+    base = trees[0][0]
+    rows = []
+    for label, path in trees:
+        worst = min(x["renewed"] / x["announced"] for x in runs[label])
+        rows.append(
+            f"| {label} ({commit_of(path)}) | {worst:.2%} | "
+            f"{median(label, 'cycle_lookups') / median(label, 'cycle_shards'):.5f} | "
+            f"{median(label, 'cycle_messages') / median(label, 'cycle_shards'):.3f} | "
+            f"{median(label, 'first_s'):.1f} | {median(label, 'cycle_cpu'):.1f} | "
+            f"{median(label, 'cycle_handlers'):.1f} | {median(label, 'cpu_per_1000'):.3f} | "
+            f"{median(label, 'cycle_cpu') / median(base, 'cycle_cpu'):.2f}x |"
+        )
+    return (
+        f"`bench/bench_republish.py --nodes {nodes} --shards {shards}`, source trees compared: "
+        f"each tree run {rounds} times, alternately, in child processes; medians. The cycle is "
+        "one whole republish cycle of virtual time after the first publication.\n\n"
+        "| tree | republished (worst run) | lookups per shard | messages per shard | "
+        "first publication, wall s | cycle CPU s | of it in others' handlers | "
+        f"announcer CPU s per 1,000 | cycle CPU vs {base} |\n"
+        "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--shards", type=int, default=100_000)
+    parser.add_argument("--nodes", type=int, default=None, help="1000; 200 with --tree")
+    parser.add_argument("--shards", type=int, default=None, help="100,000; 10,000 with --tree")
+    parser.add_argument("--tree", action="append", default=[], help="label=path, two or more")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(anyio.run(run, args.nodes, args.shards)))
+        return
+    if args.tree:
+        trees = [
+            (label, Path(path).resolve())
+            for label, _, path in (t.partition("=") for t in args.tree)
+        ]
+        if len(trees) < 2:
+            raise SystemExit("give two or more --tree label=path")
+        body = compare(trees, args.nodes or 200, args.shards or 10_000, args.rounds)
+        print(body)
+        if not args.no_write:
+            write_section("Republishing, source trees compared", body)
+        return
+    args.nodes = args.nodes or 1000
+    args.shards = args.shards or 100_000
     r = anyio.run(run, args.nodes, args.shards)
     body = f"""
 `bench/bench_republish.py --nodes {args.nodes} --shards {args.shards}`: one node announces the

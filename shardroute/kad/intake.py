@@ -39,6 +39,14 @@ class ProviderIntake:
     async def submit_many(self, items: Sequence[ReceivedRecord]) -> list[Refusal | None]:
         """Store `items` with the next batch; per item its refusal, if any. StoreError if the
         batch could not be written (nothing of it was stored)."""
+        if self._open is None and not self._writing.locked():
+            # Nobody writing and nobody waiting: a batch of one needs no event or hand-off,
+            # and no shield, as nobody waits on it (a store shields its own transactions).
+            self._writing.acquire_nowait()
+            try:
+                return list(await self.store.accept_providers(items, self.quota))
+            finally:
+                self._writing.release()
         batch = self._open
         leader = batch is None
         if batch is None:
