@@ -113,8 +113,9 @@ class App(Service):
             metrics=reports,
         )
         config = DhtConfig.from_settings(settings)
+        self.kad_transport = StreamTransport(self.host, config.protocol_id)
         self.dht = Dht(
-            transport=StreamTransport(self.host, config.protocol_id),
+            transport=self.kad_transport,
             config=config,
             providers=storage.providers,
             values=storage.values,
@@ -233,6 +234,7 @@ class App(Service):
             MetricsAdapter(self.metrics),
         )
         tg.start_soon(self.publisher.run)
+        tg.start_soon(self.kad_transport.run)
         if self.api is not None:
             await self.api.start(serving=not settings.bootstrap)
             stack.push_async_callback(_shielded, self.api.stop, 5.0)

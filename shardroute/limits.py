@@ -118,6 +118,15 @@ KAD_IDLE_TIMEOUT = 60.0
 KAD_READ_TIMEOUT = 10.0
 KAD_HANDLE_TIMEOUT = 30.0
 
+# Outbound streams kept for further requests, as go's message sender keeps one per peer: at
+# most this many idle per peer, each closed after KAD_STREAM_IDLE (below the 1 min after which
+# go and we reset an idle inbound stream). A peer whose kept streams failed more than
+# KAD_STREAM_REUSE_FAILURES times gets a fresh stream per request from then on (go: 3).
+KAD_IDLE_STREAMS_PER_PEER = 2
+KAD_STREAM_IDLE = 20.0
+KAD_STREAM_REUSE_FAILURES = 3
+KAD_SINGLE_USE_PEERS = 4096  # how many such peers are remembered
+
 # Per-peer request rates (requests/s, burst), our choice: well above what a lookup asks of one
 # peer, and ADD_PROVIDER above what a republish of a large node sends one peer in a burst.
 KAD_RATE_LOOKUPS = (50.0, 200.0)

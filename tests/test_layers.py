@@ -31,6 +31,7 @@ PURE = [
     "shardroute.kad.reports",
     "shardroute.kad.repositories",
     "shardroute.kad.routing_table",
+    "shardroute.kad.stream_pool",
     "shardroute.kad.transport",
 ]
 IO_MODULES = ("anyio", "asyncio", "socket", "trio")

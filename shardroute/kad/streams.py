@@ -1,8 +1,12 @@
 """Kademlia over libp2p streams: the client side of `KadTransport` and the server stream loop.
 
-Requests are uvarint-framed protobufs. We open one stream per request and half-close it when
-done (as js does); the server loop answers several requests per inbound stream, in order, as go
-expects. ADD_PROVIDER is never answered and no answer is ever read for it.
+Requests are uvarint-framed protobufs. A stream that carried a request is kept for the next one
+to that peer (`kad.stream_pool`), as go keeps one per peer; when a kept stream turns out broken
+or out of step, the request is retried once on a fresh stream, and a peer that breaks reuse too
+often gets a fresh stream per request. The server loop answers several requests per inbound
+stream, in order, as go expects. ADD_PROVIDER is never answered and no answer is ever read for
+it (py-libp2p answers it anyway: the answer is found before the next request and the stream
+dropped).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from shardroute.kad.messages import (
     decode_message,
     encode_message,
 )
+from shardroute.kad.stream_pool import KeptStream, StreamPool, new_reader
 from shardroute.protocol.varint import LengthPrefixedReader, frame
 
 log = logging.getLogger(__name__)
@@ -50,7 +55,12 @@ class Stream(Protocol):
     def remote_peer(self) -> PeerId: ...
 
     @property
-    def finished_locally(self) -> bool: ...
+    def reusable(self) -> bool:
+        """Open both ways, nothing unread, nothing pending: it can carry another request."""
+        ...
+
+    @property
+    def unread_bytes(self) -> int: ...
 
     async def receive(self, max_bytes: int = ..., *, deadline: float | None = None) -> bytes:
         """With `deadline` (anyio.current_time() base): TimeoutError if nothing came by then."""
@@ -110,6 +120,7 @@ class StreamTransport:
         self.host = host
         self.protocol_id = protocol_id
         self.self_id = host.peer_id
+        self.kept: StreamPool[Stream] = StreamPool()
 
     def self_addrs(self, to: PeerId | None = None) -> list[Multiaddr]:
         return self.host.advertised_addrs(to)
@@ -126,57 +137,120 @@ class StreamTransport:
     def remote_addr(self, peer: PeerId) -> Multiaddr | None:
         return self.host.remote_addr(peer)
 
-    async def _open(self, peer: PeerInfo) -> Stream:
+    async def run(self) -> None:
+        """Close kept streams past their idle time: a connection carrying a stream looks busy
+        to the connection manager, and the peer would reset it after its own idle timeout."""
+        while True:
+            await anyio.sleep(limits.KAD_STREAM_IDLE / 2)
+            await _close_all(self.kept.expired(anyio.current_time()))
+
+    async def _open(self, peer: PeerInfo) -> KeptStream[Stream]:
         try:
-            return await self.host.new_stream(peer.peer_id, [self.protocol_id], addrs=peer.addrs)
+            stream = await self.host.new_stream(peer.peer_id, [self.protocol_id], addrs=peer.addrs)
         except (ShardrouteError, OSError) as exc:
             raise KadRequestFailed(
                 f"{peer.peer_id}: cannot open a {self.protocol_id} stream: {exc}"
             ) from exc
+        return KeptStream(stream, new_reader())
+
+    async def _take(self, peer: PeerId) -> KeptStream[Stream] | None:
+        kept, unusable = self.kept.take(peer, anyio.current_time())
+        await _close_all(unusable)
+        return kept
+
+    async def _done_with(self, peer: PeerId, kept: KeptStream[Stream]) -> None:
+        if not self.kept.give_back(peer, kept, anyio.current_time()):
+            await kept.stream.aclose()
 
     async def request(self, peer: PeerInfo, message: KadMessage, *, timeout: float) -> KadMessage:  # noqa: ASYNC109
-        stream: Stream | None = None
         try:
             with anyio.fail_after(timeout):
-                stream = await self._open(peer)
-                await stream.send(frame(encode_message(message)))
-                await stream.send_eof()
-                body = await _read_message(stream)
-                if body is None:
-                    raise KadRequestFailed(f"{peer.peer_id} closed the stream without answering")
-                reply = decode_message(body)
-            await stream.aclose()
-            return reply
+                kept = await self._take(peer.peer_id)
+                if kept is not None:
+                    try:
+                        reply = await _exchange(kept, message)
+                    except (ShardrouteError, OSError, anyio.EndOfStream) as exc:
+                        log.debug("kept stream to %s failed (%s): a fresh one", peer.peer_id, exc)
+                        self.kept.failed(peer.peer_id)
+                    else:
+                        if reply.type is message.type:
+                            await self._done_with(peer.peer_id, kept)
+                            return reply
+                        # An answer to something else (py answers ADD_PROVIDER): out of step.
+                        await _reset(kept.stream)
+                        self.kept.failed(peer.peer_id)
+                kept = await self._open(peer)
+                reply = await _exchange(kept, message)
+                await self._done_with(peer.peer_id, kept)
+                return reply
         except TimeoutError as exc:
             raise KadRequestFailed(f"{peer.peer_id}: no answer within {timeout} s") from exc
         except KadRequestFailed:
             raise
         except (ShardrouteError, OSError, anyio.EndOfStream) as exc:
             raise KadRequestFailed(f"{peer.peer_id}: {type(exc).__name__}: {exc}") from exc
-        finally:
-            if stream is not None and not stream.finished_locally:
-                with anyio.CancelScope(shield=True):
-                    await stream.reset()
 
     async def send(self, peer: PeerInfo, messages: Sequence[KadMessage], *, timeout: float) -> None:  # noqa: ASYNC109
+        data = b"".join(frame(encode_message(m)) for m in messages)
         try:
             with anyio.fail_after(timeout):
-                stream = await self._open(peer)
+                kept = await self._take(peer.peer_id)
+                if kept is not None:
+                    try:
+                        await _write(kept.stream, data)
+                    except (ShardrouteError, OSError) as exc:
+                        log.debug("kept stream to %s failed (%s): a fresh one", peer.peer_id, exc)
+                        self.kept.failed(peer.peer_id)
+                    else:
+                        await self._done_with(peer.peer_id, kept)
+                        return
+                kept = await self._open(peer)
+                await _write(kept.stream, data)
+                # Nothing is answered: at least learn that the peer took the protocol.
                 try:
-                    await stream.send(b"".join(frame(encode_message(m)) for m in messages))
-                    # Nothing is answered: at least learn that the peer took the protocol.
-                    await stream.confirm_protocol()
-                    await stream.aclose()
+                    await kept.stream.confirm_protocol()
                 except BaseException:
-                    with anyio.CancelScope(shield=True):
-                        await stream.reset()
+                    await _reset(kept.stream)
                     raise
+                await self._done_with(peer.peer_id, kept)
         except TimeoutError as exc:
             raise KadRequestFailed(f"{peer.peer_id}: send not done within {timeout} s") from exc
         except KadRequestFailed:
             raise
         except (ShardrouteError, OSError) as exc:
             raise KadRequestFailed(f"{peer.peer_id}: {type(exc).__name__}: {exc}") from exc
+
+
+async def _exchange(kept: KeptStream[Stream], message: KadMessage) -> KadMessage:
+    """One request and its reply on `kept`; on any failure the stream is reset."""
+    try:
+        await kept.stream.send(frame(encode_message(message)))
+        body = await _read_message(kept.stream, kept.reader)
+        if body is None:
+            raise KadRequestFailed(f"{kept.stream.remote_peer} closed the stream without answering")
+        return decode_message(body)
+    except BaseException:
+        await _reset(kept.stream)
+        raise
+
+
+async def _write(stream: Stream, data: bytes) -> None:
+    try:
+        await stream.send(data)
+    except BaseException:
+        await _reset(stream)
+        raise
+
+
+async def _reset(stream: Stream) -> None:
+    with anyio.CancelScope(shield=True):
+        await stream.reset()
+
+
+async def _close_all(kept: Sequence[KeptStream[Stream]]) -> None:
+    for each in kept:
+        with anyio.CancelScope(shield=True):
+            await each.stream.aclose()
 
 
 async def _read_message(stream: Stream, reader: LengthPrefixedReader | None = None) -> bytes | None:

@@ -100,9 +100,23 @@ class MuxedStream:
         return self.conn.remote_peer
 
     @property
-    def finished_locally(self) -> bool:
-        """We closed or reset our side; nothing more will be read from it."""
-        return self._gone
+    def unread_bytes(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def reusable(self) -> bool:
+        """Open both ways, nothing unread and no protocol answer pending: a stream that can
+        carry another request."""
+        return not (
+            self._eof
+            or self._reset
+            or self._write_closed
+            or self._gone
+            or self._buffer
+            or self._lazy is not None
+            or self.conn.closed
+            or self.conn.draining
+        )
 
     def negotiate_lazily(self, protocol: str) -> None:
         """Propose `protocol` with the first write and read the answer before the first read."""

@@ -4,7 +4,6 @@ headers, NDJSON streaming, CORS, the bearer token, TLS, and clients that hang up
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import email.utils
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from shardroute import limits
 from shardroute.api.routing_http import RoutingHttpServer
 from shardroute.api.routing_v1 import ROUTE_NAMES
 from shardroute.app import App
@@ -38,6 +38,7 @@ from shardroute.errors import ConnectionClosed, StartupError, StreamReset
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.net.muxer import MuxedStream
 from shardroute.obs.metrics import ROUTING_HTTP_ROUTES
+from shardroute.protocol.varint import LengthPrefixedReader
 from shardroute.store.database import SqliteStore
 from shardroute.store.engine import DATABASE_FILE
 from tests.support.http_client import connect, get
@@ -448,10 +449,9 @@ class Silence:
     released: anyio.Event = dataclasses.field(default_factory=anyio.Event)
 
     async def handler(self, stream: MuxedStream) -> None:
-        request = b""
-        with contextlib.suppress(anyio.EndOfStream):
-            while chunk := await stream.receive():
-                request += chunk
+        reader = LengthPrefixedReader(limits.KAD_MAX_MESSAGE)
+        while (request := reader.next_message()) is None:
+            reader.receive_data(await stream.receive())
         if self.key not in request:
             await stream.reset()
             return

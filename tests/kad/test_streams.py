@@ -20,6 +20,7 @@ from shardroute.net.muxer import MuxedStream
 from shardroute.pb import dht_pb2
 from shardroute.protocol.varint import LengthPrefixedReader, encode_uvarint, frame
 from tests.support.nodes import address, loopback_app
+from tests.support.polling import poll
 
 pytestmark = pytest.mark.anyio
 
@@ -132,3 +133,56 @@ async def test_a_request_that_never_begins_or_never_ends_is_reset_at_its_deadlin
             await stream.receive()
         took = anyio.current_time() - started
         assert (0.5 if phase == "trickle" else 1.5) <= took < (1.4 if phase == "trickle" else 3)
+
+
+async def test_a_kept_stream_broken_mid_request_is_replaced_and_the_request_answered() -> None:
+    """The server answers the first request of each stream and resets the stream on the
+    second: the client's second request fails on the kept stream, goes again on a fresh one
+    and is answered; the failure is counted against reuse with that peer."""
+    async with node() as asker, node() as server:
+        streams_seen = 0
+
+        async def one_answer_per_stream(stream: MuxedStream) -> None:
+            nonlocal streams_seen
+            streams_seen += 1
+            reader = LengthPrefixedReader(limits.KAD_MAX_MESSAGE)
+            for answered in (True, False):
+                while (body := reader.next_message()) is None:
+                    reader.receive_data(await stream.receive())
+                if not answered:
+                    await stream.reset()
+                    return
+                reply = KadMessage(type=decode_message(body).type, key=KEY)
+                await stream.send(frame(encode_message(reply)))
+
+        server.host.set_stream_handler(PROTOCOL, one_answer_per_stream)
+        await asker.node.connect(address(server))
+        transport, target = asker.kad_transport, PeerInfo(server.peer_id, ())
+        request = KadMessage(type=MessageType.FIND_NODE, key=KEY)
+        await transport.request(target, request, timeout=5)
+        [kept] = transport.kept.idle_streams(server.peer_id)
+        reply = await transport.request(target, request, timeout=5)
+        assert reply.type is MessageType.FIND_NODE and streams_seen == 2
+        assert transport.kept.failures(server.peer_id) == 1
+        assert transport.kept.idle_streams(server.peer_id) not in ([], [kept])
+
+
+async def test_kept_streams_are_closed_after_their_idle_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kept stream holds its connection busy for the connection manager: it goes when idle."""
+    monkeypatch.setattr(limits, "KAD_STREAM_IDLE", 0.4)
+    async with node() as server, node() as asker:
+        asker.kad_transport.kept.idle = 0.4
+        await asker.node.connect(address(server))
+        target = PeerInfo(server.peer_id, ())
+        await asker.kad_transport.request(
+            target, KadMessage(type=MessageType.FIND_NODE, key=KEY), timeout=5
+        )
+        conn = asker.host.connection(server.peer_id)
+        assert conn is not None and conn.streams
+        await poll(
+            "the kept stream closed",
+            lambda: not asker.kad_transport.kept.idle_streams(server.peer_id) and not conn.streams,
+            seconds=5,
+        )
