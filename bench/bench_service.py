@@ -134,6 +134,9 @@ async def closed_loop(
     return done / (time.perf_counter() - t0)
 
 
+OFFERED_SHARE = 0.8  # of the measured capacity, when that is below --rate
+
+
 async def open_loop(
     client: AsyncClient, keys: list[bytes], rate: float, seconds: float
 ) -> tuple[list[float], float]:
@@ -189,7 +192,7 @@ def start_bare_grpc(port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, __file__, "--bare-grpc", str(port)])
 
 
-async def bare_grpc_cpu_per_call(args: argparse.Namespace, keys: list[bytes]) -> float:
+async def bare_grpc_cpu_per_call(keys: list[bytes], rate: float, seconds: float) -> float:
     """Server CPU per streaming call of `bare_grpc_server`, at the same offered rate."""
     port = free_port()
     proc = start_bare_grpc(port)
@@ -202,7 +205,7 @@ async def bare_grpc_cpu_per_call(args: argparse.Namespace, keys: list[bytes]) ->
                 except grpc.aio.AioRpcError:  # not up yet
                     await anyio.sleep(0.1)
             cpu0 = cpu_seconds(proc.pid)
-            latencies, _ = await open_loop(client, keys, args.rate, args.seconds)
+            latencies, _ = await open_loop(client, keys, rate, seconds)
             return (cpu_seconds(proc.pid) - cpu0) / len(latencies)
     finally:
         proc.kill()
@@ -241,9 +244,13 @@ async def main(args: argparse.Namespace) -> None:
                 # 2. local-hit find-providers: capacity, then latency at the aimed rate
                 await closed_loop(client, hot_keys, 16, 1.0)  # warm-up
                 capacity = await closed_loop(client, hot_keys, 16, args.seconds)
+                # Offering more than the server can take measures only the queue (and its
+                # requests end CANCELLED at their deadline): below capacity, latency means
+                # something.
+                offered = min(args.rate, OFFERED_SHARE * capacity)
                 cpu0 = cpu_seconds(proc.pid)
                 small_rounds = [
-                    await open_loop(client, hot_keys, args.rate, args.seconds)
+                    await open_loop(client, hot_keys, offered, args.seconds)
                     for _ in range(args.rounds)
                 ]
                 served = sum(len(lat) for lat, _ in small_rounds)
@@ -260,12 +267,12 @@ async def main(args: argparse.Namespace) -> None:
                 total = info.stored_records
                 await closed_loop(client, hot_keys, 16, 1.0)
                 big_rounds = [
-                    await open_loop(client, hot_keys, args.rate, args.seconds)
+                    await open_loop(client, hot_keys, offered, args.seconds)
                     for _ in range(args.rounds)
                 ]
                 rss_large = rss_mib(proc.pid)
         read_seconds = await local_read_seconds(data_dir, hot_keys)
-    bare_cpu = await bare_grpc_cpu_per_call(args, hot_keys)
+    bare_cpu = await bare_grpc_cpu_per_call(hot_keys, offered, args.seconds)
 
     def rounds(results: list[tuple[list[float], float]]) -> str:
         return ", ".join(
@@ -273,6 +280,11 @@ async def main(args: argparse.Namespace) -> None:
         )
 
     achieved = min(rate for _, rate in small_rounds + big_rounds)
+    lowered = (
+        f" (not the aimed {args.rate:,.0f}/s: {OFFERED_SHARE:.0%} of the capacity measured)"
+        if offered < args.rate
+        else ""
+    )
     everything = [x for lat, _ in small_rounds for x in lat]
 
     body = f"""
@@ -281,14 +293,14 @@ synchronous=FULL); this script is the storage node, calling it through `shardrou
 gRPC on 127.0.0.1, in its own process (the machine's two cores: one each). Announce is durable
 before it is acknowledged (one transaction per batch). Find-providers are local hits (the record
 is in the store) with count 1. Capacity is with 16 requests always in flight; latency is
-open-loop at {args.rate:,.0f} requests/s in {args.rounds} rounds of {args.seconds:.0f} s (each
+open-loop at {offered:,.0f} requests/s{lowered} in {args.rounds} rounds of {args.seconds:.0f} s (each
 kept up at ≥ {achieved:,.0f}/s), from each request's scheduled start to its last message.
 
 | measure | result | aim |
 |---|---|---|
 | durable announce, batches of 1,000 ({args.announce:,} shards) | {announce_rate:,.0f} shards/s | ≥ 20,000 |
 | find-providers capacity (local hits, 16 in flight) | {capacity:,.0f} /s | ≥ 2,000 |
-| find-providers latency at {args.rate:,.0f}/s, p50 / p99, all rounds | {pct(everything, 0.5) * 1000:.2f} / {pct(everything, 0.99) * 1000:.2f} ms | p99 < 10 ms |
+| find-providers latency at {offered:,.0f}/s, p50 / p99, all rounds | {pct(everything, 0.5) * 1000:.2f} / {pct(everything, 0.99) * 1000:.2f} ms | p99 < 10 ms |
 | same, round by round ({len(hot_keys):,} stored records) | {rounds(small_rounds)} ms | |
 | same, round by round ({total:,} stored records) | {rounds(big_rounds)} ms | |
 | server CPU per local find | {server_cpu * 1e6:.0f} µs | |
