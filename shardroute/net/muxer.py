@@ -25,6 +25,7 @@ from shardroute.errors import (
     StreamReset,
 )
 from shardroute.identity.peer_id import PeerId
+from shardroute.net.addresses import scope_of
 from shardroute.net.negotiate import LazyProtocol
 from shardroute.net.resources import Reservation
 from shardroute.net.secure import SecureChannel
@@ -68,11 +69,7 @@ class UnlimitedMemory:
 
 
 async def _wait_until(wakeup: Wakeup, deadline: float | None) -> None:
-    if deadline is None:
-        await wakeup.wait()
-    else:
-        with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
-            await wakeup.wait()
+    await wakeup.wait(deadline)
 
 
 class MuxedStream:
@@ -314,6 +311,9 @@ class MuxedConnection:
         self.direction = direction
         self.remote_peer: PeerId = channel.remote_peer
         self.remote_addr = remote_addr
+        # What the peer can use of the addresses we pass on, asked once per peer entry of
+        # every answer: decided once.
+        self.remote_scope = scope_of(remote_addr)
         self.session = YamuxSession(
             is_client=direction is Direction.OUTBOUND, max_streams=max_streams
         )
