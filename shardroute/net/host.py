@@ -207,7 +207,7 @@ class Host:
         nearest address we know for it when not connected (public if we know none)."""
         conn = self.connections.get(peer)
         if conn is not None:
-            return scope_of(conn.remote_addr)
+            return conn.remote_scope
         known = [scope_of(a) for a in self.peer_addrs(peer)]
         return min(known, default=Scope.PUBLIC)
 
