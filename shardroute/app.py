@@ -76,15 +76,19 @@ class App(Service):
         clock: Clock | None = None,
         metrics: Metrics | None = None,
         dns_resolver: dns.asyncresolver.Resolver | None = None,
+        migrate_in_child: bool = False,
     ) -> None:
         """Without `identity` the node's key is the one in the data folder (made on first
-        start); without `storage` its state is the SQLite file there."""
+        start); without `storage` its state is the SQLite file there, its schema brought up
+        to date in a child process with `migrate_in_child` (what `serve` does: the migration
+        tools' memory never stays with the node)."""
         self.settings = settings
         self.clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
         self._identity = identity
         self._storage = storage
         self._dns_resolver = dns_resolver
+        self._migrate_in_child = migrate_in_child
         self.joined = anyio.Event()  # set once the first join finished
         self.api: ApiServer | None = None
         self.metrics_port: int | None = None
@@ -211,7 +215,9 @@ class App(Service):
             stack.push_async_callback(self.routing_http.release)
         if storage is None:
             store = await SqliteStore.open(
-                Path(settings.data_dir), max_providers_per_key=settings.max_providers_per_key
+                Path(settings.data_dir),
+                max_providers_per_key=settings.max_providers_per_key,
+                migrate_in_child=self._migrate_in_child,
             )
             store.observe_with(self._observe_store)
             storage = store

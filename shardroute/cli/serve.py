@@ -39,7 +39,8 @@ async def run_node(settings: Settings, announce: Callable[[Sequence[str]], None]
     """Run until SIGINT or SIGTERM; `announce` receives the full listen multiaddrs once bound."""
     log.debug("open-file limit: %d", raise_file_limit())
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with App(settings, metrics=Metrics(prometheus_client.REGISTRY)) as app:
+        node = App(settings, metrics=Metrics(prometheus_client.REGISTRY), migrate_in_child=True)
+        async with node as app:
             # What start-up built (modules, migrations, the schema) lives as long as the
             # process; frozen, it is left out of every later full collection, which otherwise
             # walks it all and stalls the API for tens of milliseconds (seen with py-spy).

@@ -11,7 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from shardroute.store.announcements import SqliteAnnouncementStore
-from shardroute.store.engine import DATABASE_FILE, Database, open_reader, upgrade_database
+from shardroute.store.engine import (
+    DATABASE_FILE,
+    Database,
+    open_reader,
+    upgrade_database,
+    upgrade_in_child,
+)
 from shardroute.store.providers import SqliteProviderStore
 from shardroute.store.repository import StoreObserver
 from shardroute.store.routing import SqliteRoutingTableStore
@@ -30,9 +36,15 @@ class SqliteStore:
         self.announcements = SqliteAnnouncementStore(db)
 
     @classmethod
-    async def open(cls, data_dir: Path, *, max_providers_per_key: int) -> SqliteStore:
+    async def open(
+        cls, data_dir: Path, *, max_providers_per_key: int, migrate_in_child: bool = False
+    ) -> SqliteStore:
+        """`migrate_in_child`: a long-running node's choice (`engine.upgrade_in_child`)."""
         path = data_dir / DATABASE_FILE
-        upgrade_database(path)
+        if migrate_in_child:
+            upgrade_in_child(path)
+        else:
+            upgrade_database(path)
         store = cls(await Database.open(path), path, max_providers_per_key=max_providers_per_key)
         store.providers.reader = open_reader(path)
         return store

@@ -1,39 +1,74 @@
 """The database file: migrations (alembic on SQLAlchemy, the only source of the schema), the
-writing connection (aiosqlite) with its pragmas, and the read-only connection of the hot path."""
+writing connection (aiosqlite) with its pragmas, and the read-only connection of the hot path.
+
+alembic and SQLAlchemy are imported only when the schema must change: together they hold some
+25 MiB of a node's memory for as long as it runs. `serve` migrates in a child process
+(`upgrade_in_child`), so a running node never loads them; a node on a current schema checks
+its revision with sqlite3 alone.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiosqlite
 import anyio
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine
-from sqlalchemy.exc import DatabaseError
 
-import migrations
 from shardroute.errors import StoreError
 
-MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 DATABASE_FILE = "shardroute.sqlite3"
+# The newest migration in migrations/versions (tests/store/test_migrations.py holds them equal).
+SCHEMA_REVISION = "0004"
+
+
+def migrations_dir() -> Path:
+    import migrations
+
+    return Path(migrations.__file__).resolve().parent
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", url)
     return config
 
 
+def schema_revision(path: Path) -> str | None:
+    """The schema revision of the database at `path`, read with sqlite3 alone; None if there
+    is no such file or it holds no revision (new, or not a database of ours)."""
+    if not path.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:
+        return None
+    return None if row is None else str(row[0])
+
+
 def upgrade_database(path: Path, revision: str = "head") -> None:
     """Apply migrations up to `revision` (synchronously; run at start before serving)."""
+    if revision == "head" and schema_revision(path) == SCHEMA_REVISION:
+        return
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import DatabaseError
+
     path.parent.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{path}"
     engine = create_engine(url)
@@ -54,6 +89,22 @@ def upgrade_database(path: Path, revision: str = "head") -> None:
         raise StoreError(f"{path}: cannot use it as the node's database: {exc.orig}") from None
     finally:
         engine.dispose()
+
+
+def upgrade_in_child(path: Path) -> None:
+    """`upgrade_database` in a child process (nothing to do if the schema is current): the
+    migration tools' memory goes with the child. StoreError with the child's message."""
+    if schema_revision(path) == SCHEMA_REVISION:
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "shardroute.store.migrate", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise StoreError(lines[-1] if lines else f"migrating {path} failed ({done.returncode})")
 
 
 # Applied to both writing connections. Durable commits (synchronous=FULL) survive a crash of

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,17 @@ from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.repositories import ProviderRecord, SavedPeer
 from shardroute.store.database import SqliteStore
-from shardroute.store.engine import DATABASE_FILE, upgrade_database
+from shardroute.store.engine import (
+    DATABASE_FILE,
+    SCHEMA_REVISION,
+    alembic_config,
+    schema_revision,
+    upgrade_database,
+    upgrade_in_child,
+)
 
 pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parents[2]
 PER_KEY = Settings().max_providers_per_key
 ADDRS = (Multiaddr("/ip4/127.0.0.1/tcp/4001"), Multiaddr("/ip6/::1/tcp/4002"))
 KEY = bytes.fromhex("1220b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9")
@@ -64,6 +74,40 @@ def test_migrations_from_empty_and_from_the_previous_revision(tmp_path: Path) ->
     with sqlite3.connect(old) as db:
         assert db.execute("select value from value_records").fetchall() == [(b"v",)]
         assert db.execute("select version_num from alembic_version").fetchone() == ("0004",)
+
+
+def test_the_schema_revision_a_node_checks_is_the_newest_migration(tmp_path: Path) -> None:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head == SCHEMA_REVISION
+    path = tmp_path / DATABASE_FILE
+    assert schema_revision(path) is None
+    upgrade_in_child(path)
+    assert schema_revision(path) == head
+    path.with_name("garbage").write_bytes(b"not a database" * 100)
+    assert schema_revision(path.with_name("garbage")) is None
+
+
+def test_a_node_that_migrates_in_a_child_never_loads_the_migration_tools(tmp_path: Path) -> None:
+    """What `serve` does: the schema is made in a child process, the node itself imports
+    neither alembic nor SQLAlchemy (some 25 MiB it would hold for as long as it runs)."""
+    script = f"""
+import sys, anyio
+from shardroute.app import App
+from tests.support.settings import loopback
+settings = loopback(data_dir={str(tmp_path / "node")!r})
+async def main():
+    async with App(settings, migrate_in_child=True):
+        print(sorted(m for m in ("alembic", "sqlalchemy") if m in sys.modules))
+anyio.run(main)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert schema_revision(tmp_path / "node" / DATABASE_FILE) == SCHEMA_REVISION
 
 
 async def test_provider_records_survive_a_restart_and_expire_in_batches(tmp_path: Path) -> None:
