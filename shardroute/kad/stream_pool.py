@@ -118,7 +118,12 @@ class StreamPool(Generic[S]):
             kept = self._idle[peer]
             keep = [k for k in kept if now - k.idle_since < self.idle and k.stream.reusable]
             if len(keep) < len(kept):
-                gone.extend(k for k in kept if k not in keep)
+                for k in kept:
+                    if k in keep:
+                        continue
+                    if k.reader.buffered or k.stream.unread_bytes:
+                        self.failed(peer)  # as in `take`: an answer nobody asked for
+                    gone.append(k)
                 if keep:
                     self._idle[peer] = keep
                 else:

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 DATABASE_FILE = "shardroute.sqlite3"
-# The newest migration in migrations/versions (tests/store/test_migrations.py holds them equal).
+# The newest migration in migrations/versions (a test in tests/store/test_database.py holds
+# them equal).
 SCHEMA_REVISION = "0004"
 
 

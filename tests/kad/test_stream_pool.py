@@ -69,3 +69,12 @@ def test_expiry_sweeps_every_peer_and_failures_are_remembered_for_a_bounded_few(
     for peer in peers:
         pool.failed(peer)
     assert [pool.failures(p) for p in peers] == [0, 1, 1]
+
+
+def test_the_sweep_counts_an_answer_nobody_asked_for_as_take_does() -> None:
+    pool: StreamPool[Stream] = StreamPool(per_peer=2, idle=10)
+    peer = random_peer_id(random.Random(5))
+    echoed = kept()
+    pool.give_back(peer, echoed, 0)
+    echoed.stream.unread_bytes, echoed.stream.reusable = 40, False
+    assert pool.expired(1) == [echoed] and pool.failures(peer) == 1
