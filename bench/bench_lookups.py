@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,34 +71,6 @@ async def worker(nodes: int, lookups: int, concurrency: int, seed: int) -> dict[
     }
 
 
-def run_tree(path: Path, args: argparse.Namespace, seed: int) -> dict[str, float]:
-    env = dict(os.environ, PYTHONPATH=str(path))
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
-        "--nodes",
-        str(args.nodes),
-        "--lookups",
-        str(args.lookups),
-        "--concurrency",
-        str(args.concurrency),
-        "--seed",
-        str(seed),
-    ]
-    done = subprocess.run(cmd, cwd=path, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise SystemExit(f"the run on {path} failed:\n{done.stderr[-3000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def commit_of(path: Path) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
-    return done.stdout.strip() or "?"
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tree", action="append", default=[], help="label=path, two or more")
@@ -119,15 +89,20 @@ def main(argv: list[str] | None = None) -> None:
         result = anyio.run(worker, args.nodes, args.lookups, args.concurrency, args.seed)
         print(json.dumps(result))
         return
-    trees = [
-        (label, Path(path).resolve()) for label, _, path in (t.partition("=") for t in args.tree)
-    ]
-    if len(trees) < 2:
-        raise SystemExit("give two or more --tree label=path")
+    sys.path.insert(0, str(ROOT))
+    from bench.common import commit_of, parse_trees, run_in_tree, write_section
+
+    trees = parse_trees(args.tree)
     runs: dict[str, list[dict[str, float]]] = {label: [] for label, _ in trees}
     for r in range(args.rounds):
         for label, path in trees:
-            result = run_tree(path, args, args.seed + r)
+            result = run_in_tree(
+                Path(__file__).resolve(),
+                path,
+                [f"--{k}={getattr(args, k)}" for k in ("nodes", "lookups", "concurrency")]
+                + [f"--seed={args.seed + r}"],
+                timeout=900,
+            )
             runs[label].append(result)
             print(f"round {r + 1} {label}: {json.dumps(result)}", flush=True)
     base = trees[0][0]
@@ -157,9 +132,6 @@ def main(argv: list[str] | None = None) -> None:
         body += f"\n{args.note}\n"
     print(body)
     if args.write:
-        sys.path.insert(0, str(ROOT))
-        from bench.common import write_section
-
         write_section(args.write, body)
 
 

@@ -24,7 +24,6 @@ import json
 import os
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,6 @@ import anyio
 sys.path.insert(0, os.environ.get("BENCH_TREE", str(Path(__file__).resolve().parent.parent)))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import write_section
 from shardroute.config import Settings
 from shardroute.content import ContentId
 from shardroute.identity.peer_id import PeerId
@@ -161,28 +159,14 @@ async def run(nodes: int, shards: int) -> dict[str, float]:
     }
 
 
-def run_tree(path: Path, nodes: int, shards: int) -> dict[str, float]:
-    env = dict(os.environ, BENCH_TREE=str(path))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker"]
-    cmd += ["--nodes", str(nodes), "--shards", str(shards)]
-    done = subprocess.run(cmd, cwd=path, env=env, capture_output=True, text=True, timeout=3600)
-    if done.returncode != 0:
-        raise SystemExit(f"the run on {path} failed:\n{done.stderr[-3000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def commit_of(path: Path) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
-    return done.stdout.strip() or "?"
-
-
 def compare(trees: list[tuple[str, Path]], nodes: int, shards: int, rounds: int) -> str:
+    from bench.common import commit_of, run_in_tree
+
     runs: dict[str, list[dict[str, float]]] = {label: [] for label, _ in trees}
     for r in range(rounds):
         for label, path in trees:
-            result = run_tree(path, nodes, shards)
+            argv = ["--nodes", str(nodes), "--shards", str(shards)]
+            result = run_in_tree(Path(__file__).resolve(), path, argv, timeout=3600)
             runs[label].append(result)
             print(f"round {r + 1} {label}: {json.dumps(result)}", flush=True)
 
@@ -225,15 +209,15 @@ def main() -> None:
         print(json.dumps(anyio.run(run, args.nodes, args.shards)))
         return
     if args.tree:
-        trees = [
-            (label, Path(path).resolve())
-            for label, _, path in (t.partition("=") for t in args.tree)
-        ]
-        if len(trees) < 2:
-            raise SystemExit("give two or more --tree label=path")
-        body = compare(trees, args.nodes or 200, args.shards or 10_000, args.rounds)
+        from bench.common import parse_trees
+
+        body = compare(
+            parse_trees(args.tree), args.nodes or 200, args.shards or 10_000, args.rounds
+        )
         print(body)
         if not args.no_write:
+            from bench.common import write_section
+
             write_section("Republishing, source trees compared", body)
         return
     args.nodes = args.nodes or 1000
@@ -262,6 +246,8 @@ the SQLite schedule updates. Building the network took {r["build_s"]:.0f} s.
 """
     print(body)
     if not args.no_write:
+        from bench.common import write_section
+
         write_section("Republishing (issue 5)", body)
 
 

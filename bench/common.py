@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -50,3 +52,29 @@ def write_section(name: str, body: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     DOC.write_text(text.rstrip("\n") + "\n")
+
+
+def parse_trees(specs: list[str]) -> list[tuple[str, Path]]:
+    """`--tree label=path` arguments, two or more."""
+    trees = [(label, Path(path).resolve()) for label, _, path in (s.partition("=") for s in specs)]
+    if len(trees) < 2:
+        raise SystemExit("give two or more --tree label=path")
+    return trees
+
+
+def run_in_tree(script: Path, tree: Path, argv: list[str], timeout: float) -> dict[str, float]:
+    """`script --worker argv` in a child process with `tree`'s code first on its path (both
+    ways the scripts look for it: PYTHONPATH and BENCH_TREE); the JSON of its last line."""
+    env = dict(os.environ, PYTHONPATH=str(tree), BENCH_TREE=str(tree))
+    cmd = [sys.executable, str(script), "--worker", *argv]
+    done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise SystemExit(f"the run on {tree} failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def commit_of(path: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or "?"
