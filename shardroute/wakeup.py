@@ -45,10 +45,7 @@ class Wakeup:
         finally:
             if timer is not None:
                 timer.cancel()
-            if not waiter.done() or waiter.cancelled() or waiter.result() is _TIMED_OUT:
-                try:
-                    self._waiters.remove(waiter)
-                except ValueError:
-                    pass
+            if waiter in self._waiters:  # timed out or cancelled: `fire` did not take it
+                self._waiters.remove(waiter)
         if outcome is _TIMED_OUT:
             raise TimeoutError

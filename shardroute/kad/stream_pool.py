@@ -93,9 +93,7 @@ class StreamPool(Generic[S]):
             if now - candidate.idle_since < self.idle and candidate.stream.reusable:
                 found = candidate
                 break
-            if candidate.reader.buffered or candidate.stream.unread_bytes:
-                self.failed(peer)
-            unusable.append(candidate)
+            unusable.append(self._dropped(peer, candidate))
         if not kept:
             del self._idle[peer]
         return found, unusable
@@ -114,18 +112,20 @@ class StreamPool(Generic[S]):
     def expired(self, now: float) -> list[KeptStream[S]]:
         """Remove and return the streams idle too long or no longer usable (to be closed)."""
         gone: list[KeptStream[S]] = []
-        for peer in list(self._idle):
-            kept = self._idle[peer]
+        for peer, kept in list(self._idle.items()):
             keep = [k for k in kept if now - k.idle_since < self.idle and k.stream.reusable]
-            if len(keep) < len(kept):
-                for k in kept:
-                    if k in keep:
-                        continue
-                    if k.reader.buffered or k.stream.unread_bytes:
-                        self.failed(peer)  # as in `take`: an answer nobody asked for
-                    gone.append(k)
-                if keep:
-                    self._idle[peer] = keep
-                else:
-                    del self._idle[peer]
+            if len(keep) == len(kept):
+                continue
+            gone += [self._dropped(peer, k) for k in kept if k not in keep]
+            if keep:
+                self._idle[peer] = keep
+            else:
+                del self._idle[peer]
         return gone
+
+    def _dropped(self, peer: PeerId, kept: KeptStream[S]) -> KeptStream[S]:
+        """`kept`, leaving; holding bytes nobody asked for (an answer to ADD_PROVIDER), it
+        counts as a failure of reuse with `peer`."""
+        if kept.reader.buffered or kept.stream.unread_bytes:
+            self.failed(peer)
+        return kept

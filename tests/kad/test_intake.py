@@ -5,7 +5,7 @@ write fails everyone in its batch and stores none of it."""
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -63,65 +63,66 @@ async def stored_count(store: SqliteStore) -> int:
     return await store.providers.count(NOW)
 
 
-async def test_a_lone_record_is_written_at_once_and_company_waits_for_one_batch(
-    tmp_path: Path,
-) -> None:
-    store = await SqliteStore.open(tmp_path, max_providers_per_key=20)
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = await SqliteStore.open(tmp_path, max_providers_per_key=20)
     try:
-        gated = GatedStore(store.providers)
-        intake = ProviderIntake(gated, default_quota())  # type: ignore[arg-type]
-        assert await intake.submit(received(0)) is None
-        assert gated.batches == [1] and await stored_count(store) == 1
-
-        release = gated.gate = anyio.Event()
-        outcomes: dict[int, Refusal | None] = {}
-
-        async def submit(n: int) -> None:
-            outcomes[n] = await intake.submit(received(n))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(submit, 1)
-            await gated.entered.wait()  # record 1 is being written, the others arrive now
-            for n in range(2, 12):
-                tg.start_soon(submit, n)
-            await anyio.wait_all_tasks_blocked()
-            assert gated.batches == [1, 1]
-            release.set()  # the ten that came meanwhile are one batch after it
-        assert gated.batches == [1, 1, 10]
-        assert outcomes == {n: None for n in range(1, 12)}
-        assert await stored_count(store) == 12
+        yield opened
     finally:
-        await store.close()
+        await opened.close()
+
+
+async def test_a_lone_record_is_written_at_once_and_company_waits_for_one_batch(
+    store: SqliteStore,
+) -> None:
+    gated = GatedStore(store.providers)
+    intake = ProviderIntake(gated, default_quota())  # type: ignore[arg-type]
+    assert await intake.submit(received(0)) is None
+    assert gated.batches == [1] and await stored_count(store) == 1
+
+    release = gated.gate = anyio.Event()
+    outcomes: dict[int, Refusal | None] = {}
+
+    async def submit(n: int) -> None:
+        outcomes[n] = await intake.submit(received(n))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(submit, 1)
+        await gated.entered.wait()  # record 1 is being written, the others arrive now
+        for n in range(2, 12):
+            tg.start_soon(submit, n)
+        await anyio.wait_all_tasks_blocked()
+        assert gated.batches == [1, 1]
+        release.set()  # the ten that came meanwhile are one batch after it
+    assert gated.batches == [1, 1, 10]
+    assert outcomes == {n: None for n in range(1, 12)}
+    assert await stored_count(store) == 12
 
 
 async def test_a_failed_write_fails_its_whole_batch_and_stores_nothing_of_it(
-    tmp_path: Path,
+    store: SqliteStore,
 ) -> None:
-    store = await SqliteStore.open(tmp_path, max_providers_per_key=20)
-    try:
-        gated = GatedStore(store.providers)
-        intake = ProviderIntake(gated, default_quota())  # type: ignore[arg-type]
-        release = gated.gate = anyio.Event()
-        errors: list[int] = []
+    gated = GatedStore(store.providers)
+    intake = ProviderIntake(gated, default_quota())  # type: ignore[arg-type]
+    release = gated.gate = anyio.Event()
+    errors: list[int] = []
 
-        async def submit(n: int) -> None:
-            try:
-                await intake.submit(received(n))
-            except StoreError:
-                errors.append(n)
+    async def submit(n: int) -> None:
+        try:
+            await intake.submit(received(n))
+        except StoreError:
+            errors.append(n)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(submit, 0)
-            await gated.entered.wait()
-            for n in range(1, 6):
-                tg.start_soon(submit, n)
-            await anyio.wait_all_tasks_blocked()
-            gated.fail = True
-            release.set()
-        assert sorted(errors) == list(range(6)) and gated.batches == [1, 5]
-        assert await stored_count(store) == 0
-        gated.fail = False  # the intake is not stuck: the next record is written
-        assert await intake.submit(received(9)) is None
-        assert await stored_count(store) == 1
-    finally:
-        await store.close()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(submit, 0)
+        await gated.entered.wait()
+        for n in range(1, 6):
+            tg.start_soon(submit, n)
+        await anyio.wait_all_tasks_blocked()
+        gated.fail = True
+        release.set()
+    assert sorted(errors) == list(range(6)) and gated.batches == [1, 5]
+    assert await stored_count(store) == 0
+    gated.fail = False  # the intake is not stuck: the next record is written
+    assert await intake.submit(received(9)) is None
+    assert await stored_count(store) == 1
