@@ -151,6 +151,11 @@ KAD_MAX_CLOSER_PEERS = 2 * KAD_K
 KAD_MAX_PROVIDER_PEERS = 200
 # Addresses per Peer entry we send and keep (digest §1: "≤ ~10 addresses per peer").
 KAD_MAX_ADDRS_PER_PEER = 10
+# Peer entries kept decoded by their bytes, and encoded by their content: the same peers come
+# and go in answer after answer (our choice: a few times a 1,000-node network's table peers;
+# larger entries are coded each time, so a hostile peer can pin at most 8192 x 512 bytes).
+KAD_DECODED_PEER_ENTRIES = 8192
+KAD_DECODED_PEER_ENTRY_BYTES = 512
 # Provider keys are multihashes; go rejects keys longer than 80 bytes.
 KAD_MAX_PROVIDER_KEY = 80
 # Providers per GET_PROVIDERS answer (our choice: k, about 2 KiB, well under rust's 16 KiB).

@@ -90,6 +90,35 @@ def test_bad_entries_are_dropped_alone_and_counted() -> None:
     assert message.closer_peers == () and message.dropped_peers == 2
 
 
+def test_entries_decode_and_encode_the_same_when_they_come_again() -> None:
+    """Peer entries are kept by their bytes (and, sending, by their content): a second answer
+    with the same entries, a bad one among them, reads and writes exactly as the first; an
+    entry too large to keep is coded afresh each time."""
+    name = ".".join(c * 60 for c in "nmo")
+    long_addrs = [Multiaddr(f"/dns4/{name}.example/tcp/{port}") for port in (1, 2, 3)]
+    pb = dht_pb2.Message(type=dht_pb2.Message.FIND_NODE)
+    small = pb.closerPeers.add(id=PEERS[0].raw, connection=dht_pb2.Message.CONNECTED)
+    small.addrs.append(LOCAL_BYTES)
+    pb.closerPeers.add(id=b"not a peer id").addrs.append(LOCAL_BYTES)
+    large = pb.closerPeers.add(id=PEERS[1].raw)
+    large.addrs.extend(a.to_bytes() for a in long_addrs)
+    assert len(large.SerializeToString()) > 512
+    body = pb.SerializeToString()
+    first, second = decode_message(body), decode_message(body)
+    assert first == second and first.dropped_peers == second.dropped_peers == 1
+    assert first.closer_peers == (
+        PeerInfo(PEERS[0], (LOCAL,), True),
+        PeerInfo(PEERS[1], tuple(long_addrs)),
+    )
+    reference = dht_pb2.Message(type=dht_pb2.Message.FIND_NODE, clusterLevelRaw=1)
+    for info in first.closer_peers:
+        entry = reference.closerPeers.add(id=info.peer_id.raw)
+        entry.addrs.extend(a.to_bytes() for a in info.addrs)
+        entry.connection = 1 if info.connected else 0  # type: ignore[assignment]
+    for _ in range(2):
+        assert encode_message(first) == reference.SerializeToString()
+
+
 def test_p2p_suffixes_are_stripped_or_dropped() -> None:
     pb = dht_pb2.Message(type=dht_pb2.Message.FIND_NODE)
     entry = pb.closerPeers.add()
