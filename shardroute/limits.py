@@ -69,6 +69,10 @@ MAX_CONNECTIONS_PER_IP = 16
 # Sockets still negotiating security: everyone's, and one address's share of them.
 MAX_INBOUND_PENDING = 64
 MAX_INBOUND_PENDING_PER_IP = 8
+# And one IP group's share (addrs.ip_group: an IPv4 /16, an IPv6 /32), so many addresses of one
+# network cannot take every slot either: go-libp2p caps subnets as well as single addresses
+# (IPv6 /56 and /48). Two addresses' shares, a quarter of MAX_INBOUND_PENDING (our choice).
+MAX_INBOUND_PENDING_PER_IP_GROUP = 16
 # Streams of one peer (go-libp2p's default peer scope allows 256 inbound).
 MAX_INBOUND_STREAMS_PER_PEER = 256
 MAX_OUTBOUND_STREAMS_PER_PEER = 256
