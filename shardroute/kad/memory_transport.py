@@ -79,7 +79,7 @@ class MemoryEndpoint:
 
     # No connections and no scopes here: the DHT's own address book decides, every address
     # is usable by everyone, and diversity goes by what peers claim.
-    def peer_addrs(self, peer: PeerId) -> list[Multiaddr]:
+    def peer_addrs(self, peer: PeerId) -> Sequence[Multiaddr]:
         return []
 
     def shareable_to(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:

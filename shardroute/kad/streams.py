@@ -90,7 +90,7 @@ class StreamHost(Protocol):
 
     def advertised_addrs(self, to: PeerId | None = None) -> list[Multiaddr]: ...
 
-    def peer_addrs(self, peer: PeerId) -> list[Multiaddr]: ...
+    def peer_addrs(self, peer: PeerId) -> Sequence[Multiaddr]: ...
 
     def shareable_to(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]: ...
 
@@ -125,7 +125,7 @@ class StreamTransport:
     def self_addrs(self, to: PeerId | None = None) -> list[Multiaddr]:
         return self.host.advertised_addrs(to)
 
-    def peer_addrs(self, peer: PeerId) -> list[Multiaddr]:
+    def peer_addrs(self, peer: PeerId) -> Sequence[Multiaddr]:
         return self.host.peer_addrs(peer)
 
     def shareable_to(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:

@@ -26,7 +26,7 @@ class KadTransport(Protocol):
         those that peer can use."""
         ...
 
-    def peer_addrs(self, peer: PeerId) -> list[Multiaddr]:
+    def peer_addrs(self, peer: PeerId) -> Sequence[Multiaddr]:
         """Addresses the transport itself knows for `peer` (a connection, identify)."""
         ...
 

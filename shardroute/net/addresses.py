@@ -85,7 +85,16 @@ def usable_by(addr: Multiaddr, peer_scope: Scope, *, share_private: bool = False
 def shareable(
     addrs: Iterable[Multiaddr], peer_scope: Scope, *, share_private: bool = False
 ) -> tuple[Multiaddr, ...]:
-    return tuple(a for a in addrs if usable_by(a, peer_scope, share_private=share_private))
+    return _shareable(tuple(addrs), peer_scope, share_private)
+
+
+# Every answer filters the same table peers' addresses for the same few scopes.
+@functools.lru_cache(maxsize=16384)
+def _shareable(
+    addrs: tuple[Multiaddr, ...], peer_scope: Scope, share_private: bool
+) -> tuple[Multiaddr, ...]:
+    kept = tuple(a for a in addrs if usable_by(a, peer_scope, share_private=share_private))
+    return addrs if len(kept) == len(addrs) else kept
 
 
 def interface_addresses(*, ipv6: bool) -> list[str]:

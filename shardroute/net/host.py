@@ -250,7 +250,7 @@ class Host:
             log.info("addresses others see us at: %s", self.addresses.observed.confirmed(now))
             self.identify.schedule_push()
 
-    def peer_addrs(self, peer: PeerId) -> list[Multiaddr]:
+    def peer_addrs(self, peer: PeerId) -> Sequence[Multiaddr]:
         """Where `peer` can be dialed, as far as the peerstore knows now."""
         return self.peerstore.addrs(peer, self.clock.monotonic())
 

@@ -24,6 +24,10 @@ MAX_PEERS = 10_000
 @dataclass(slots=True)
 class PeerData:
     addrs: dict[Multiaddr, float] = field(default_factory=dict)  # addr -> expiry (monotonic)
+    # The live addresses as last read, valid until the first of them expires; every answer we
+    # give reads the same table peers' addresses again.
+    live: tuple[Multiaddr, ...] | None = None
+    live_until: float = 0.0
     protocols: frozenset[str] = frozenset()
     public_key: PublicKey | None = None
     agent_version: str | None = None
@@ -55,24 +59,31 @@ class Peerstore:
         for addr in addrs:
             if data.addrs.get(addr, -1.0) < expiry:
                 data.addrs[addr] = expiry
+                data.live = None
         if len(data.addrs) > MAX_ADDRS_PER_PEER:
             keep = sorted(data.addrs.items(), key=lambda item: item[1], reverse=True)
             data.addrs = dict(keep[:MAX_ADDRS_PER_PEER])
+            data.live = None
 
     def set_addrs_ttl(self, peer: PeerId, ttl: float, now: float) -> None:
         """Re-time every address of a peer (e.g. on disconnect, connected → recently connected)."""
         data = self._peers.get(peer)
         if data is not None:
             data.addrs = {addr: now + ttl for addr in data.addrs}
+            data.live = None
 
-    def addrs(self, peer: PeerId, now: float) -> list[Multiaddr]:
+    def addrs(self, peer: PeerId, now: float) -> tuple[Multiaddr, ...]:
         data = self._peers.get(peer)
         if data is None:
-            return []
+            return ()
+        if data.live is not None and now < data.live_until:
+            return data.live
         live = {addr: exp for addr, exp in data.addrs.items() if exp > now}
         if len(live) != len(data.addrs):
             data.addrs = live
-        return list(live)
+        data.live = tuple(live)
+        data.live_until = min(live.values(), default=float("inf"))
+        return data.live
 
     def set_protocols(self, peer: PeerId, protocols: Iterable[str]) -> None:
         self._entry(peer).protocols = frozenset(protocols)
