@@ -22,6 +22,7 @@ from shardroute.addrs import multiaddr_to_bytes, sanitize_peer_addrs
 from shardroute.errors import InvalidPeerId, KadMessageError, LocalProtocolError
 from shardroute.identity.peer_id import PeerId
 from shardroute.pb import dht_pb2
+from shardroute.protocol.varint import encode_uvarint
 
 # go sends 1; rust 10 or 9. Nobody reads it.
 CLUSTER_LEVEL = 1
@@ -180,13 +181,23 @@ def decode_message(body: bytes) -> KadMessage:
     )
 
 
+def encoded_size(msg: KadMessage) -> int:
+    """`len(encode_message(msg))`, counted from the kept entry encodings rather than built."""
+    size = len(encode_message(replace(msg, closer_peers=(), provider_peers=())))
+    for info in (*msg.closer_peers, *msg.provider_peers):
+        entry = len(_peer_entry_bytes(info))
+        # Fields 8 and 9: a one-byte tag, the length as a varint, the entry.
+        size += 1 + len(encode_uvarint(entry)) + entry
+    return size
+
+
 def fit_reply(msg: KadMessage, limit: int = limits.KAD_PORTABLE_MESSAGE) -> KadMessage:
     """Trim a reply until it encodes within `limit` (rust-libp2p reads 16 KiB by default):
     at most 4 addresses per peer first, then drop the longer list's tail (providers or closer
     peers) a quarter at a time. Entries keep their order, so a FIND_NODE target put first
     stays. A record is never trimmed: a reply that is too big without any peers is returned
     as it is (it still fits go's and js's 4 MiB)."""
-    if len(encode_message(msg)) <= limit:
+    if encoded_size(msg) <= limit:
         return msg
 
     def trim(peers: tuple[PeerInfo, ...], n: int) -> tuple[PeerInfo, ...]:
@@ -195,7 +206,7 @@ def fit_reply(msg: KadMessage, limit: int = limits.KAD_PORTABLE_MESSAGE) -> KadM
     msg = replace(
         msg, closer_peers=trim(msg.closer_peers, 4), provider_peers=trim(msg.provider_peers, 4)
     )
-    while len(encode_message(msg)) > limit and (msg.provider_peers or msg.closer_peers):
+    while encoded_size(msg) > limit and (msg.provider_peers or msg.closer_peers):
         if len(msg.provider_peers) > len(msg.closer_peers) or not msg.closer_peers:
             msg = replace(
                 msg, provider_peers=msg.provider_peers[: len(msg.provider_peers) * 3 // 4]

@@ -20,6 +20,7 @@ from shardroute.kad.messages import (
     ValueRecord,
     decode_message,
     encode_message,
+    encoded_size,
     fit_reply,
     format_rfc3339,
     parse_rfc3339,
@@ -297,8 +298,10 @@ _message = st.builds(
 @settings(deadline=None, max_examples=200)
 @given(_message)
 def test_encode_decode_round_trip(message: KadMessage) -> None:
-    decoded = decode_message(encode_message(message))
+    body = encode_message(message)
+    decoded = decode_message(body)
     assert decoded == message and decoded.dropped_peers == 0
+    assert encoded_size(message) == len(body)
 
 
 @settings(deadline=None, max_examples=500)
