@@ -3,7 +3,8 @@ of go-libp2p's resource manager. Work over budget is refused (the newest loses, 
 running is disturbed) and counted by scope and resource.
 
 Scopes: `system` (the whole host), `transient` (connections still upgrading, not yet owned by a
-peer), `ip` (one remote address), `peer`, `protocol` (one protocol of one peer). A reservation
+peer), `ip` (one remote address), `ip_group` (one network, `addrs.ip_group`: the pending upgrades
+of many addresses of one network), `peer`, `protocol` (one protocol of one peer). A reservation
 is taken before the work starts and released when it ends (`Reservation.release`, idempotent).
 
 Connections to protected peers (the routing table's) and dials we started may use the
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from shardroute import limits
+from shardroute.addrs import ip_group
 from shardroute.errors import ResourceLimitExceeded
 from shardroute.identity.peer_id import PeerId
 
@@ -37,12 +39,14 @@ class ResourceLimits:
     connections_per_ip: int = limits.MAX_CONNECTIONS_PER_IP
     pending_upgrades: int = limits.MAX_INBOUND_PENDING
     pending_upgrades_per_ip: int = limits.MAX_INBOUND_PENDING_PER_IP
+    pending_upgrades_per_group: int = limits.MAX_INBOUND_PENDING_PER_IP_GROUP
     inbound_streams_per_peer: int = limits.MAX_INBOUND_STREAMS_PER_PEER
     outbound_streams_per_peer: int = limits.MAX_OUTBOUND_STREAMS_PER_PEER
     inbound_streams_per_protocol: int = limits.MAX_INBOUND_STREAMS_PER_PROTOCOL
     memory: int = limits.MAX_BUFFER_MEMORY
     memory_per_peer: int = limits.MAX_BUFFER_MEMORY_PER_PEER
-    # Loopback peers are this host's own processes: the per-IP caps do not apply to them.
+    # Loopback peers are this host's own processes: the per-IP and per-group caps do not apply
+    # to them.
     exempt_loopback: bool = True
 
     def __post_init__(self) -> None:
@@ -94,6 +98,17 @@ def address_key(ip: IpAddress | str | None) -> str | None:
     return str(parsed)
 
 
+def group_key(ip: IpAddress | str | None) -> str | None:
+    """What per-group limits count by: the address's IP group (`addrs.ip_group`, private
+    addresses included: a LAN is one network too); None for what is not an IP address."""
+    if ip is None:
+        return None
+    try:
+        return ip_group(str(ip), exempt_private=False)
+    except ValueError:
+        return None
+
+
 class ResourceManager:
     def __init__(
         self,
@@ -111,6 +126,7 @@ class ResourceManager:
         self.outbound = 0
         self.memory = 0
         self._pending_by_ip: Counter[str] = Counter()
+        self._pending_by_group: Counter[str] = Counter()
         self._connections_by_ip: Counter[str] = Counter()
         self._peers: dict[PeerId, _PeerUse] = {}
 
@@ -147,18 +163,27 @@ class ResourceManager:
     def begin_upgrade(self, ip: IpAddress | None) -> Reservation:
         """An accepted socket that has not yet said who it is (Noise, multistream)."""
         key = self._ip_limited(ip)
+        group = group_key(ip) if key is not None else None
         if self.inbound + self.outbound >= self.limits.connections:
             raise self._refuse("system", "connections", "every connection slot is taken")
         if self.pending >= self.limits.pending_upgrades:
             raise self._refuse("transient", "pending_upgrades", f"{self.pending} upgrading")
         if key is not None and self._pending_by_ip[key] >= self.limits.pending_upgrades_per_ip:
             raise self._refuse("ip", "pending_upgrades", f"{key} has {self._pending_by_ip[key]}")
+        if (
+            group is not None
+            and self._pending_by_group[group] >= self.limits.pending_upgrades_per_group
+        ):
+            held = self._pending_by_group[group]
+            raise self._refuse("ip_group", "pending_upgrades", f"{group} has {held}")
         # An address with this many connections already gets no more sockets upgraded.
         if key is not None and self._connections_by_ip[key] >= self.limits.connections_per_ip:
             raise self._refuse("ip", "connections", f"{key} holds {self._connections_by_ip[key]}")
         self.pending += 1
         if key is not None:
             self._pending_by_ip[key] += 1
+        if group is not None:
+            self._pending_by_group[group] += 1
 
         def release() -> None:
             self.pending -= 1
@@ -166,6 +191,10 @@ class ResourceManager:
                 self._pending_by_ip[key] -= 1
                 if not self._pending_by_ip[key]:
                     del self._pending_by_ip[key]
+            if group is not None:
+                self._pending_by_group[group] -= 1
+                if not self._pending_by_group[group]:
+                    del self._pending_by_group[group]
 
         return Reservation(release)
 
