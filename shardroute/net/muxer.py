@@ -231,11 +231,15 @@ class MuxedStream:
                 raise StreamReset(f"stream {self.stream_id} was reset")
             if self.conn.closed:
                 raise ConnectionClosed("connection closed")
-            if self.conn.session.queued_output >= limits.YAMUX_OUTPUT_HIGH_WATER:
+            queued = self.conn.session.queued_output
+            if queued >= limits.YAMUX_OUTPUT_HIGH_WATER:
                 # until the writer took what was queued
                 await _wait_until(self.conn.output_drained, deadline)
                 continue
-            taken = self.conn.session.send_data(self.stream_id, view)
+            # No more than fits under the mark: a peer that granted a large window and stopped
+            # reading would otherwise have a whole answer (up to its window) queued at once.
+            room = limits.YAMUX_OUTPUT_HIGH_WATER - queued
+            taken = self.conn.session.send_data(self.stream_id, view[:room])
             if taken:
                 view = view[taken:]
                 self.conn.wake_writer()
