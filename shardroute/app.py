@@ -117,7 +117,7 @@ class App(Service):
             metrics=reports,
         )
         config = DhtConfig.from_settings(settings)
-        self.kad_transport = StreamTransport(self.host, config.protocol_id)
+        self.kad_transport = StreamTransport(self.host, config.protocol_id, reports=reports)
         self.dht = Dht(
             transport=self.kad_transport,
             config=config,

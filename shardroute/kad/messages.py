@@ -67,8 +67,10 @@ class KadMessage:
     record: ValueRecord | None = None
     closer_peers: tuple[PeerInfo, ...] = ()
     provider_peers: tuple[PeerInfo, ...] = ()
-    # How many Peer entries decoding dropped (bad ID), for logs and metrics.
+    # How many Peer entries decoding dropped (bad ID), and how many addresses it left unread
+    # past MAX_ADDRS_PER_PEER, for logs and metrics.
     dropped_peers: int = field(default=0, compare=False)
+    addrs_over_cap: int = field(default=0, compare=False)
 
 
 def _peer_entry_bytes(info: PeerInfo) -> bytes:
@@ -115,46 +117,53 @@ def encode_message(msg: KadMessage, *, max_size: int = limits.KAD_MAX_MESSAGE) -
     return body
 
 
-def _peers(entries: Iterable[dht_pb2.Message.Peer], cap: int) -> tuple[tuple[PeerInfo, ...], int]:
-    """Usable entries (first `cap`) and how many were dropped for a bad peer ID."""
+def _peers(
+    entries: Iterable[dht_pb2.Message.Peer], cap: int
+) -> tuple[tuple[PeerInfo, ...], int, int]:
+    """Usable entries (first `cap`), how many were dropped for a bad peer ID, and how many
+    addresses were past the per-peer cap."""
     out: list[PeerInfo] = []
-    dropped = 0
+    dropped = over_cap = 0
     for entry in entries:
         if len(out) >= cap:
             break
         data = entry.SerializeToString()
         if len(data) <= limits.KAD_DECODED_PEER_ENTRY_BYTES:
-            info = _known_peer_entry(data)
+            info, extra = _known_peer_entry(data)
         else:
-            info = _peer_entry(entry)
+            info, extra = _peer_entry(entry)
+        over_cap += extra
         if info is None:
             dropped += 1
         else:
             out.append(info)
-    return tuple(out), dropped
+    return tuple(out), dropped, over_cap
 
 
 # Checking an ID and its addresses was a tenth of a lookup's CPU, for entries that repeat.
 @functools.lru_cache(maxsize=limits.KAD_DECODED_PEER_ENTRIES)
-def _known_peer_entry(data: bytes) -> PeerInfo | None:
+def _known_peer_entry(data: bytes) -> tuple[PeerInfo | None, int]:
     return _peer_entry(dht_pb2.Message.Peer.FromString(data))
 
 
-def _peer_entry(entry: dht_pb2.Message.Peer) -> PeerInfo | None:
-    """The entry with its usable addresses, or None when its peer ID is bad."""
+def _peer_entry(entry: dht_pb2.Message.Peer) -> tuple[PeerInfo | None, int]:
+    """The entry with its usable addresses (None when its peer ID is bad), and how many
+    addresses it had past the cap."""
+    over_cap = max(0, len(entry.addrs) - MAX_ADDRS_PER_PEER)
     try:
         peer = PeerId.from_bytes(entry.id)
     except InvalidPeerId:
-        return None
+        return None, over_cap
     raw = entry.addrs[:_MAX_RAW_ADDRS_PER_PEER]
     addrs = tuple(sanitize_peer_addrs(peer, raw)[:MAX_ADDRS_PER_PEER])
-    return PeerInfo(peer, addrs, entry.connection == dht_pb2.Message.CONNECTED)
+    return PeerInfo(peer, addrs, entry.connection == dht_pb2.Message.CONNECTED), over_cap
 
 
 def decode_message(body: bytes) -> KadMessage:
     """Parse one unframed body. Raises KadMessageError for an oversized or undecodable body
     or an unknown type; Peer entries with a bad ID and bad addresses are dropped one by one
-    (`dropped_peers` counts the entries). Unknown fields are ignored."""
+    (`dropped_peers` counts the entries, `addrs_over_cap` the addresses past the cap).
+    Unknown fields are ignored."""
     if len(body) > limits.KAD_MAX_MESSAGE:
         raise KadMessageError(f"DHT message of {len(body)} bytes exceeds the 4 MiB limit")
     pb = dht_pb2.Message()
@@ -169,8 +178,10 @@ def decode_message(body: bytes) -> KadMessage:
     record = None
     if pb.HasField("record"):
         record = ValueRecord(pb.record.key, pb.record.value, pb.record.timeReceived)
-    closer, dropped_closer = _peers(pb.closerPeers, MAX_CLOSER_PEERS)
-    providers, dropped_providers = _peers(pb.providerPeers, MAX_PROVIDER_PEERS)
+    closer, dropped_closer, closer_over_cap = _peers(pb.closerPeers, MAX_CLOSER_PEERS)
+    providers, dropped_providers, providers_over_cap = _peers(
+        pb.providerPeers, MAX_PROVIDER_PEERS
+    )
     return KadMessage(
         type=kind,
         key=pb.key,
@@ -178,6 +189,7 @@ def decode_message(body: bytes) -> KadMessage:
         closer_peers=closer,
         provider_peers=providers,
         dropped_peers=dropped_closer + dropped_providers,
+        addrs_over_cap=closer_over_cap + providers_over_cap,
     )
 
 

@@ -105,7 +105,11 @@ class StreamHost(Protocol):
     ) -> Stream: ...
 
 
-class ServerMetrics(Protocol):
+class AddressReports(Protocol):
+    def peer_addrs_dropped(self, reason: str, count: int) -> None: ...
+
+
+class ServerMetrics(AddressReports, Protocol):
     def request_received(self, message_type: str, result: str) -> None: ...
 
     def bad_message(self, reason: str, count: int = 1) -> None: ...
@@ -116,8 +120,11 @@ class ServerMetrics(Protocol):
 class StreamTransport:
     """`KadTransport` over a real libp2p host."""
 
-    def __init__(self, host: StreamHost, protocol_id: str) -> None:
+    def __init__(
+        self, host: StreamHost, protocol_id: str, *, reports: AddressReports | None = None
+    ) -> None:
         self.host = host
+        self.reports = reports
         self.protocol_id = protocol_id
         self.self_id = host.peer_id
         self.kept: StreamPool[Stream] = StreamPool()
@@ -175,20 +182,25 @@ class StreamTransport:
                     else:
                         if reply.type is message.type:
                             await self._done_with(peer.peer_id, kept)
-                            return reply
+                            return self._counted(reply)
                         # An answer to something else (py answers ADD_PROVIDER): out of step.
                         await _reset(kept.stream)
                         self.kept.failed(peer.peer_id)
                 kept = await self._open(peer)
                 reply = await _exchange(kept, message)
                 await self._done_with(peer.peer_id, kept)
-                return reply
+                return self._counted(reply)
         except TimeoutError as exc:
             raise KadRequestFailed(f"{peer.peer_id}: no answer within {timeout} s") from exc
         except KadRequestFailed:
             raise
         except (ShardrouteError, OSError, anyio.EndOfStream) as exc:
             raise KadRequestFailed(f"{peer.peer_id}: {type(exc).__name__}: {exc}") from exc
+
+    def _counted(self, reply: KadMessage) -> KadMessage:
+        if reply.addrs_over_cap and self.reports is not None:
+            self.reports.peer_addrs_dropped("cap", reply.addrs_over_cap)
+        return reply
 
     async def send(self, peer: PeerInfo, messages: Sequence[KadMessage], *, timeout: float) -> None:  # noqa: ASYNC109
         data = b"".join(frame(encode_message(m)) for m in messages)
@@ -303,6 +315,8 @@ def make_server_handler(
             log.info("%s sent %d unusable peer entries", sender, request.dropped_peers)
             if metrics is not None:
                 metrics.bad_message("bad_peer_entry", request.dropped_peers)
+        if request.addrs_over_cap and metrics is not None:
+            metrics.peer_addrs_dropped("cap", request.addrs_over_cap)
         return request
 
     def counted(kind: MessageType, result: str, n: int = 1) -> None:

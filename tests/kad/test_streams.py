@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from multiaddr import Multiaddr
 
 from shardroute import limits
 from shardroute.app import App
@@ -186,3 +187,52 @@ async def test_kept_streams_are_closed_after_their_idle_time(
             lambda: not asker.kad_transport.kept.idle_streams(server.peer_id) and not conn.streams,
             seconds=5,
         )
+
+
+def over_cap_count(app: App) -> float:
+    return float(app.metrics.peer_addrs_dropped_total.labels("cap")._value.get())
+
+
+def crowded_entry(target: dht_pb2.Message.Peer, peer: App, count: int) -> None:
+    target.id = peer.peer_id.raw
+    target.addrs.extend(
+        bytes(Multiaddr(f"/ip4/127.0.{i // 250}.{i % 250 + 1}/tcp/4001").to_bytes())
+        for i in range(count)
+    )
+
+
+async def test_addresses_past_the_cap_are_left_unread_and_counted_both_ways() -> None:
+    """An ADD_PROVIDER whose provider claims 300 addresses is stored with at most ten, and a
+    FIND_NODE answer with such an entry is used the same way; both count the 290 unread."""
+    async with node() as target, node() as sender:
+        await sender.node.connect(address(target))
+        request = dht_pb2.Message(type=dht_pb2.Message.ADD_PROVIDER, key=KEY)
+        crowded_entry(request.providerPeers.add(), sender, 300)
+        stream = await sender.host.new_stream(target.peer_id, [PROTOCOL])
+        await stream.send(frame(request.SerializeToString()))
+        await poll("the unread addresses counted", lambda: over_cap_count(target) == 290)
+
+        async def stored() -> bool:
+            return await target.dht.providers.count() == 1
+
+        await poll("the record stored", stored)
+        (record,) = await target.dht.providers.get_providers(KEY, target.clock.wall(), 20)
+        assert 1 <= len(record.addrs) <= limits.KAD_MAX_ADDRS_PER_PEER
+        await stream.aclose()
+
+    async with node() as asker, node() as crowded:
+
+        async def crowded_handler(stream: MuxedStream) -> None:
+            reader = LengthPrefixedReader(4096)
+            while (body := reader.next_message()) is None:
+                reader.receive_data(await stream.receive())
+            reply = dht_pb2.Message(type=decode_message(body).type)  # type: ignore[arg-type]
+            crowded_entry(reply.closerPeers.add(), crowded, 300)
+            await stream.send(frame(reply.SerializeToString()))
+            await stream.aclose()
+
+        crowded.host.set_stream_handler(PROTOCOL, crowded_handler)
+        await asker.node.connect(address(crowded))
+        report = await asker.dht.get_closest_peers(b"anything")
+        assert [p.peer_id for p in report.peers] == [crowded.peer_id]
+        assert over_cap_count(asker) == 290
