@@ -25,6 +25,7 @@ from shardroute.kad.messages import (
 )
 from shardroute.kad.records import build_ipns_record, make_default_validator
 from shardroute.limits import KAD_PORTABLE_MESSAGE
+from shardroute.net.addresses import Scope, shareable
 from tests.support.records import pk_record
 
 pytestmark = pytest.mark.anyio
@@ -67,6 +68,10 @@ class World:
             providers_per_reply=providers_per_reply,
         )
         self.groups: dict[PeerId, str] = {}  # source IP groups of senders (none: exempt)
+        # Where each peer's connection comes from (scope tests); unlisted peers are on this
+        # host, so every address is usable by them.
+        self.scopes: dict[PeerId, Scope] = {}
+        self.addrs: tuple[Multiaddr, ...] = ADDR  # what we know for every table peer
 
     # the handler's PeerDirectory: a table of 30 peers with addresses
     def source_group(self, peer: PeerId) -> str | None:
@@ -75,19 +80,18 @@ class World:
     def peer_info(self, peer: PeerId) -> PeerInfo | None:
         if peer == self.me:
             return PeerInfo(peer, SELF_ADDR)
-        return PeerInfo(peer, ADDR) if peer in self.table else None
+        return PeerInfo(peer, self.addrs) if peer in self.table else None
 
     def closest_infos(self, key: bytes, count: int, exclude: Collection[PeerId]) -> list[PeerInfo]:
-        return [PeerInfo(p, ADDR) for p in self.table if p not in exclude][:count]
+        return [PeerInfo(p, self.addrs) for p in self.table if p not in exclude][:count]
 
-    # every address is usable by every peer here, except `hidden` ones (scope tests)
-    hidden: frozenset[Multiaddr] = frozenset()
-
+    # The scope filter the host applies (`Host.shareable_to` / `acceptable_from`), keyed on
+    # the scope of each peer's connection.
     def visible_to(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
-        return tuple(a for a in addrs if a not in self.hidden)
+        return shareable(addrs, self.scopes.get(peer, Scope.LOOPBACK))
 
     def accepted_from(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
-        return tuple(a for a in addrs if a not in self.hidden)
+        return shareable(addrs, self.scopes.get(peer, Scope.LOOPBACK))
 
     async def ask(self, sender: PeerId, message: KadMessage) -> KadMessage:
         reply = await self.handler.handle(sender, message)
@@ -237,6 +241,101 @@ async def test_providers_per_key_are_capped_and_answers_bounded() -> None:
     for peer in world.table[:12]:
         await world.provide(peer, PeerInfo(peer, ADDR))
     assert len(await world.providers_of(world.table[20])) == 5
+
+
+# -- address scope --------------------------------------------------------------------------
+
+PUBLIC = Multiaddr("/ip4/203.0.113.7/tcp/4001")
+PRIVATE_10 = Multiaddr("/ip4/10.9.8.7/tcp/4001")
+PRIVATE_192 = Multiaddr("/ip4/192.168.1.20/tcp/4001")
+LOOPBACK = Multiaddr("/ip4/127.0.0.1/tcp/4001")
+LOOPBACK6 = Multiaddr("/ip6/::1/tcp/4001")
+MIXED = (PRIVATE_10, LOOPBACK, PUBLIC, PRIVATE_192, LOOPBACK6)
+# What a peer connected from each scope may be handed of MIXED, in MIXED's order.
+SEEN_FROM = {
+    Scope.PUBLIC: (PUBLIC,),
+    Scope.PRIVATE: (PRIVATE_10, PUBLIC, PRIVATE_192),
+    Scope.LOOPBACK: MIXED,
+}
+
+
+def scoped_world() -> tuple[World, dict[Scope, PeerId]]:
+    """A world whose table peers all have MIXED addresses, and one asker per scope."""
+    world = World()
+    world.addrs = MIXED
+    askers = {scope: world.table[i] for i, scope in enumerate(SEEN_FROM)}
+    world.scopes.update({peer: scope for scope, peer in askers.items()})
+    return world, askers
+
+
+def addrs_in(peers: tuple[PeerInfo, ...]) -> set[Multiaddr]:
+    return {a for p in peers for a in p.addrs}
+
+
+async def test_closer_peers_carry_only_the_addresses_the_askers_scope_can_use() -> None:
+    world, askers = scoped_world()
+    for scope, asker in askers.items():
+        for kind, key in (
+            (MessageType.FIND_NODE, b"any target"),
+            (MessageType.GET_PROVIDERS, KEY),
+            (MessageType.GET_VALUE, b"/pk/none"),
+        ):
+            reply = await world.ask(asker, KadMessage(type=kind, key=key))
+            assert len(reply.closer_peers) == 20, (scope, kind)  # still answered, filtered
+            for peer in reply.closer_peers:
+                assert peer.addrs == SEEN_FROM[scope], (scope, kind, peer.addrs)
+        # The FIND_NODE target, which goes first, passes the same filter.
+        target = world.table[25]
+        reply = await world.ask(asker, KadMessage(type=MessageType.FIND_NODE, key=target.raw))
+        assert reply.closer_peers[0] == PeerInfo(target, SEEN_FROM[scope])
+    public = askers[Scope.PUBLIC]
+    world.addrs = (PRIVATE_10, LOOPBACK)  # nothing a public peer could dial
+    for kind, key in ((MessageType.FIND_NODE, b"x"), (MessageType.GET_PROVIDERS, KEY)):
+        reply = await world.ask(public, KadMessage(type=kind, key=key))
+        assert reply.closer_peers == (), kind  # not announced with no address at all
+    private_reply = await world.ask(
+        askers[Scope.PRIVATE], KadMessage(type=MessageType.FIND_NODE, key=b"x")
+    )
+    assert addrs_in(private_reply.closer_peers) == {PRIVATE_10}
+
+
+async def test_get_providers_hands_a_public_asker_no_private_or_loopback_address() -> None:
+    world, askers = scoped_world()
+    outsider = pid()  # on this host (no scope set): everything it tells us is kept
+    await world.provide(outsider, PeerInfo(outsider, MIXED))
+    for scope, asker in askers.items():
+        assert await world.providers_of(asker) == (PeerInfo(outsider, SEEN_FROM[scope]),)
+    # Stored addresses aged out: the ones we know now pass the same filter.
+    world = World(provider_ttl=48 * HOUR, provider_addr_ttl=HOUR)
+    world.addrs = MIXED
+    member, public = world.table[5], world.table[6]
+    world.scopes[public] = Scope.PUBLIC
+    await world.provide(member, PeerInfo(member, (LOOPBACK,)))
+    world.clock.advance(HOUR)
+    assert await world.providers_of(public) == (PeerInfo(member, (PUBLIC,)),)
+
+
+async def test_add_provider_from_a_public_sender_keeps_only_its_public_addresses() -> None:
+    world = World()
+    public, private = pid(), pid()
+    world.scopes.update({public: Scope.PUBLIC, private: Scope.PRIVATE})
+    local = world.table[0]  # the asker sees whatever was stored
+    await world.provide(public, PeerInfo(public, MIXED))
+    await world.provide(private, PeerInfo(private, MIXED))
+    stored = {p.peer_id: p.addrs for p in await world.providers_of(local)}
+    assert stored == {public: (PUBLIC,), private: (PRIVATE_10, PUBLIC, PRIVATE_192)}
+    # A public sender with nothing but private and loopback addresses stores nothing.
+    lone = pid()
+    world.scopes[lone] = Scope.PUBLIC
+    with pytest.raises(KadRequestRejected, match="hand out"):
+        await world.provide(lone, PeerInfo(lone, (PRIVATE_10, PRIVATE_192, LOOPBACK)))
+    assert lone not in ids(await world.providers_of(local))
+    # A private sender's private addresses stay, its loopback ones never do.
+    only_private = pid()
+    world.scopes[only_private] = Scope.PRIVATE
+    await world.provide(only_private, PeerInfo(only_private, (LOOPBACK6, PRIVATE_192)))
+    stored = {p.peer_id: p.addrs for p in await world.providers_of(local)}
+    assert stored[only_private] == (PRIVATE_192,)
 
 
 # -- PUT_VALUE / GET_VALUE -----------------------------------------------------------------
