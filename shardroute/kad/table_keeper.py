@@ -159,7 +159,9 @@ class TableKeeper(Service):
             self.addresses.remember_temp(info.peer_id, told, now)
             addrs = told or self.addrs_of(info.peer_id)
             if addrs:
-                entries.append((info.peer_id, self.groups(addrs)))
+                # A peer we are connected to counts where its connection comes from.
+                real = self.transport.remote_addr(info.peer_id)
+                entries.append((info.peer_id, self.groups(addrs if real is None else (real,))))
         if self.diversity is None:
             return [peer for peer, _ in entries]
         return drop_overrepresented(entries, self.diversity.max_per_table)
