@@ -198,8 +198,8 @@ async def test_lookup_answers_count_connected_peers_in_their_real_ip_group(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Diversity on lookup answers goes by where a connected peer's connection comes from:
-    four peers the sybil puts in one /16 but that reach us from four are asked; four it spreads
-    over four /16s but that all reach us from one are not."""
+    four peers the sybil puts in one /16 but that reach us from four are asked; five it spreads
+    over five /16s but that all reach us from one are not."""
     config = DhtConfig(diversity=True, request_timeout=0.5)
     async with Cluster(seed=40, config=config) as cluster:
         center = await cluster.add_node()
@@ -207,7 +207,7 @@ async def test_lookup_answers_count_connected_peers_in_their_real_ip_group(
         sybil = cluster.network.add_node(sybil_id, _public(1, 1))
         rng = cluster.rng
         spread = [PeerInfo(random_peer_id(rng), tuple(_public(9, j))) for j in range(4)]
-        disguised = [PeerInfo(random_peer_id(rng), tuple(_public(20 + j, 1))) for j in range(4)]
+        disguised = [PeerInfo(random_peer_id(rng), tuple(_public(20 + j, 1))) for j in range(5)]
         real = {p.peer_id: _public(30 + j, 1)[0] for j, p in enumerate(spread)}
         real |= {p.peer_id: _public(40, j)[0] for j, p in enumerate(disguised)}
         monkeypatch.setattr(center.endpoint, "remote_addr", real.get)
