@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -157,11 +158,26 @@ def test_bad_address_settings_are_refused_at_start_naming_the_setting(
 
 
 def test_the_server_bind_and_the_client_target_are_separate_settings(tmp_path: Path) -> None:
-    port = free_port()
-    env = {"SHARDROUTE_GRPC": "127.0.0.1:1", "SHARDROUTE_GRPC_LISTEN": f"127.0.0.1:{port}"}
-    with serve(tmp_path / "n", grpc_port=port, env=env):
-        reached = cli(None, "id", env={"SHARDROUTE_GRPC": f"127.0.0.1:{port}"})
-        assert reached.returncode == 0
+    """Found as: one SHARDROUTE_GRPC was both where serve bound and where clients looked. Now
+    serve binds SHARDROUTE_GRPC_LISTEN (no --grpc flag here to hide which setting it read)
+    and client commands follow SHARDROUTE_GRPC, even with both set in one environment."""
+    listen, elsewhere = free_port(), free_port()
+    env = {
+        "SHARDROUTE_GRPC_LISTEN": f"127.0.0.1:{listen}",
+        "SHARDROUTE_GRPC": f"127.0.0.1:{elsewhere}",
+    }
+    with serve(tmp_path / "n", grpc_port=listen, grpc_flag=False, env=env) as node:
+        assert "--grpc" not in node.proc.args  # type: ignore[operator]
+        # the server bound the LISTEN address, and nothing at SHARDROUTE_GRPC's
+        reached = cli(None, "id", env={"SHARDROUTE_GRPC": f"127.0.0.1:{listen}"})
+        assert reached.returncode == 0, reached.stderr
+        assert json.loads(reached.stdout)["peer_id"] == node.addrs[0].rsplit("/p2p/", 1)[1]
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", elsewhere), timeout=5).close()
+        # a client with the server's environment looks where SHARDROUTE_GRPC says
+        missed = cli(None, "id", env=env)
+        assert missed.returncode == 3, missed.stderr
+        assert f"127.0.0.1:{elsewhere}" in json.loads(missed.stderr)["error"]
 
 
 # -- announce --------------------------------------------------------------------------------

@@ -75,6 +75,16 @@ class ServeProcess:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The node stopped (SIGSTOP) inside the block: its connections stay open and every
+        request to it waits unanswered, as with a peer that hangs. SIGCONT on the way out."""
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.proc.send_signal(signal.SIGCONT)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -102,16 +112,24 @@ def serve(
     routing_http_port: int = 0,
     env: Mapping[str, str] | None = None,
     wait: bool = True,
+    grpc_flag: bool = True,
 ) -> Iterator[ServeProcess]:
     """Start `shardroute serve` on `data_dir`; yields once it printed its addresses (`lines`
     of them, by default one per `listen`) and, with `wait`, answers gRPC. Its log goes to
-    `<data_dir>.log`. Stopped with SIGTERM on the way out (SIGKILL after 10 s)."""
+    `<data_dir>.log`. Stopped with SIGTERM on the way out (SIGKILL after 10 s).
+
+    Without `grpc_flag` no `--grpc` is passed, so the node binds what its other settings say
+    (e.g. SHARDROUTE_GRPC_LISTEN in `env`); `grpc_port` must then be that port."""
+    if not grpc_flag and grpc_port is None:
+        raise ValueError("without grpc_flag, give the grpc_port the node's settings bind")
     port = grpc_port or free_port()
     log_path = data_dir.parent / f"{data_dir.name}.log"
     command = [*SHARDROUTE, "serve", "--data-dir", str(data_dir)]
     for addr in listen:
         command += ["--listen", addr]
-    command += ["--grpc", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{metrics_port}"]
+    if grpc_flag:
+        command += ["--grpc", f"127.0.0.1:{port}"]
+    command += ["--metrics", f"127.0.0.1:{metrics_port}"]
     command += ["--routing-http", f"127.0.0.1:{routing_http_port}", *extra]
     offset = len(log_path.read_text(errors="replace")) if log_path.exists() else 0
     with log_path.open("a") as log:
@@ -134,6 +152,7 @@ def serve(
         yield ServeProcess(proc, addrs, port, data_dir, log_path, offset)
     finally:
         if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # a paused node would hold its SIGTERM
             proc.terminate()
             try:
                 proc.wait(timeout=10)
