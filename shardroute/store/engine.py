@@ -121,10 +121,13 @@ class Database:
     at a time across both, as SQLite has one writer anyway. Each statement is one hand-off to
     a thread, so repositories write few, set-based statements per operation."""
 
-    def __init__(self, durable: aiosqlite.Connection, soft: aiosqlite.Connection) -> None:
+    def __init__(
+        self, durable: aiosqlite.Connection, soft: aiosqlite.Connection, path: Path | None = None
+    ) -> None:
         self._durable = durable
         self._soft = soft
         self._lock = anyio.Lock()
+        self.path = path  # the file, for the cause of a refused write
 
     @classmethod
     async def open(cls, path: Path) -> Database:
@@ -140,7 +143,8 @@ class Database:
             for conn in opened:
                 await conn.close()
             raise
-        return cls(*opened)
+        durable, soft = opened
+        return cls(durable, soft, path=path)
 
     @asynccontextmanager
     async def transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:

@@ -3,15 +3,21 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 
 from shardroute.errors import StoreError, StoreFull, StoreUnavailable
+
+if TYPE_CHECKING:
+    from shardroute.store.engine import Database
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -24,6 +30,7 @@ class Repository:
 
     name = ""
     observe: StoreObserver | None = None
+    db: Database
 
     def _observed(self, operation: str, started: float) -> None:
         if self.observe is not None:
@@ -46,7 +53,7 @@ def atomic(
             try:
                 result = await fn(self, *args, **kwargs)
             except sqlite3.Error as exc:
-                raise store_failure(exc, f"{self.name}.{fn.__name__}") from exc
+                raise store_failure(exc, f"{self.name}.{fn.__name__}", self.db.path) from exc
         self._observed(fn.__name__, started)
         return result
 
@@ -63,9 +70,11 @@ SQLITE_FULL = 13
 SQLITE_CANTOPEN = 14
 
 
-def store_failure(exc: BaseException, operation: str) -> StoreError:
+def store_failure(exc: BaseException, operation: str, path: Path | None = None) -> StoreError:
     """The StoreError for a database exception: full, unwritable, or something else. The
-    transaction was rolled back; nothing of the operation was kept."""
+    transaction was rolled back; nothing of the operation was kept. With the database's
+    `path`, an unwritable database says why when the file system knows (SQLite reports a
+    write refused by a read-only file system as a mere "disk I/O error")."""
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
     text = str(exc)
@@ -73,5 +82,27 @@ def store_failure(exc: BaseException, operation: str) -> StoreError:
         return StoreFull(f"{operation}: the disk is full ({text})")
     unwritable = (SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN)
     if primary in unwritable or "readonly" in text or "locked" in text:
-        return StoreUnavailable(f"{operation}: the database cannot be written ({text})")
+        cause = None if primary in (SQLITE_BUSY, SQLITE_LOCKED) else why_unwritable(path)
+        because = f": {cause}" if cause else ""
+        return StoreUnavailable(f"{operation}: the database cannot be written{because} ({text})")
     return StoreError(f"{operation}: {text}")
+
+
+def why_unwritable(path: Path | None) -> str | None:
+    """What the file system answers when asked for a file beside the database (an unnamed
+    one, O_TMPFILE, gone when closed): the cause of a refused write, or None when it gives
+    one (an I/O error, or SQLite's own refusal). The database file itself is never opened:
+    closing any descriptor of it would drop SQLite's POSIX locks on it."""
+    tmpfile = getattr(os, "O_TMPFILE", None)
+    if path is None or tmpfile is None:
+        return None
+    try:
+        fd = os.open(path.parent, os.O_WRONLY | tmpfile | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.EROFS:
+            return "its file system is read-only"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return "its folder is not writable"
+        return None  # e.g. a file system without O_TMPFILE: nothing learnt
+    os.close(fd)
+    return None

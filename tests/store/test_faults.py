@@ -1,12 +1,15 @@
-"""A store that fails under a running node (real `serve` processes, a real size-limited tmpfs):
-a full disk and a read-only file system leave the node answering finds, refuse announces with
-RESOURCE_EXHAUSTED or UNAVAILABLE naming the cause, and accept them again once the disk heals;
-no acknowledged announcement is lost, and SIGKILL during concurrent announces loses none that
-were acknowledged and never half a batch."""
+"""A store that fails under a running node (real `serve` processes, a real size-limited tmpfs,
+a real file system that the kernel turns read-only): a full disk and a read-only file system
+leave the node answering finds, refuse announces with RESOURCE_EXHAUSTED or UNAVAILABLE naming
+the cause, and accept them again once the disk heals; no acknowledged announcement is lost,
+and SIGKILL during concurrent announces loses none that were acknowledged and never half a
+batch."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import sqlite3
 import subprocess
 import threading
@@ -48,6 +51,72 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+class FragileDisk:
+    """An ext4 file system (no journal) on a loop device, mounted `errors=remount-ro`, that
+    the kernel can be made to turn read-only under open files, as it does on a disk error.
+
+    Why not a tmpfs remounted read-only: `mount -o remount,ro` refuses (EBUSY) while any file
+    on it is open for writing, and a running node holds its database (and its lock file) open
+    so. The kernel's own emergency read-only remount is the way a file system goes read-only
+    under a running process; it cannot be undone in place (after `remount,rw` writes still
+    fail with EROFS until the file system is unmounted), so the operator's repair is: stop
+    the node, unmount, check, mount again."""
+
+    def __init__(self, image: Path, mount: Path) -> None:
+        self.image = image
+        self.mount = mount
+        self.device = ""
+
+    def attach(self) -> None:
+        self.device = subprocess.run(
+            ["losetup", "--find", "--show", str(self.image)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        subprocess.run(
+            ["mount", "-o", "errors=remount-ro", self.device, str(self.mount)], check=True
+        )
+
+    def detach(self) -> None:
+        subprocess.run(["umount", str(self.mount)], check=False, capture_output=True)
+        if self.device:
+            subprocess.run(["losetup", "-d", self.device], check=False, capture_output=True)
+            self.device = ""
+
+    def go_read_only(self) -> None:
+        """What a disk error does: ext4 remounts itself read-only, open files and all."""
+        name = Path(self.device).name
+        Path(f"/sys/fs/ext4/{name}/trigger_fs_error").write_text("shardroute test: disk error\n")
+
+    def repair(self) -> None:
+        """Unmount (nothing may hold a file open), check, mount read-write again."""
+        subprocess.run(["umount", str(self.mount)], check=True)
+        subprocess.run(["losetup", "-d", self.device], check=True)
+        self.device = ""
+        checked = subprocess.run(["e2fsck", "-fy", str(self.image)], capture_output=True, text=True)
+        assert checked.returncode in (0, 1), checked.stdout + checked.stderr  # 1: fixed
+        self.attach()
+
+
+@pytest.fixture
+def fragile_disk(tmp_path: Path) -> Iterator[FragileDisk]:
+    image = tmp_path / "disk.img"
+    with image.open("wb") as out:
+        out.truncate(64 * MIB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(image)], check=True)
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    disk = FragileDisk(image, mount)
+    try:
+        disk.attach()
+        (mount / "lost+found").rmdir()
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
+        disk.detach()
 
 
 def fill(mount: Path) -> Path:
@@ -172,6 +241,48 @@ async def test_a_read_only_database_refuses_writes_and_heals(tmp_path: Path) -> 
             await store.db.set_query_only(False)
             reply = await client.announce([bytes.fromhex(digest("after"))])
             assert reply.announced == 1
+
+
+def test_a_file_system_gone_read_only_under_a_running_node(
+    fragile_disk: FragileDisk, tmp_path: Path
+) -> None:
+    """The node's file system turns read-only while it runs: finds are still answered from
+    the records it holds, announces are refused as UNAVAILABLE saying the file system is
+    read-only, the node stays up; after the repair the restarted node has every acknowledged
+    announcement, none of the refused ones, and takes announces again."""
+    data_dir = fragile_disk.mount
+    theirs = digest("published by the peer, before")
+    with serve(data_dir) as node, serve(tmp_path / "other", "--bootstrap", node.addrs[0]) as other:
+        with Client(f"127.0.0.1:{other.grpc_port}", timeout=60) as peer:
+            assert peer.announce([bytes.fromhex(theirs)], wait=True).stored_on
+            their_id = peer.node_info().peer_id
+        with Client(f"127.0.0.1:{node.grpc_port}", timeout=30) as client:
+            acknowledged = {digest(f"before-{i}") for i in range(300)}
+            client.announce([bytes.fromhex(h) for h in sorted(acknowledged)])
+            fragile_disk.go_read_only()
+            with pytest.raises(OSError) as probe:
+                (data_dir / "probe").write_bytes(b"x")
+            assert probe.value.errno == errno.EROFS  # really read-only, for root too
+            refused_hashes = [digest(f"while read-only-{i}") for i in range(3)]
+            for refused_hash in refused_hashes:
+                with pytest.raises(grpc.RpcError) as refused:
+                    client.announce([bytes.fromhex(refused_hash)])
+                assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+                assert "read-only" in (refused.value.details() or ""), refused.value.details()
+            found = node.cli("find", theirs)
+            assert found.returncode == 0, found.stderr
+            assert their_id in [p["peer_id"] for p in json.loads(found.stdout)]
+            assert node.cli("status").returncode == 0
+            assert node.proc.poll() is None
+        assert node.stop() == 0, node.log()[node.log_offset :]
+    fragile_disk.repair()
+    kept = announced(data_dir)
+    assert {multihash(h) for h in acknowledged} <= kept
+    assert not {multihash(h) for h in refused_hashes} & kept
+    with serve(data_dir) as again, Client(f"127.0.0.1:{again.grpc_port}", timeout=30) as client:
+        later = digest("after the repair")
+        assert client.announce([bytes.fromhex(later)]).announced == 1
+    assert multihash(later) in announced(data_dir)
 
 
 def test_sigkill_during_concurrent_announces_loses_nothing_acknowledged(tmp_path: Path) -> None:
