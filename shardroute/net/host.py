@@ -493,18 +493,13 @@ class Host:
         conn = await self.connect(peer, addrs)
         if len(protocols) == 1 and protocols[0] in self.peerstore.protocols(peer):
             # It told us it speaks it: propose with the first message, not a round trip ahead.
-            held = self.resources.open_stream(peer, inbound=False)
-            try:
-                stream = await conn.open_stream()
-            except BaseException:
-                held.release()
-                raise
-            stream.hold(held)
+            stream = await self._open_counted(conn)
             stream.negotiate_lazily(protocols[0])
             return stream
         return await self.open_stream_on(conn, protocols)
 
-    async def open_stream_on(self, conn: MuxedConnection, protocols: Sequence[str]) -> MuxedStream:
+    async def _open_counted(self, conn: MuxedConnection) -> MuxedStream:
+        """A new outbound stream on `conn`, holding its place in the stream budget."""
         held = self.resources.open_stream(conn.remote_peer, inbound=False)
         try:
             stream = await conn.open_stream()
@@ -512,6 +507,10 @@ class Host:
             held.release()
             raise
         stream.hold(held)
+        return stream
+
+    async def open_stream_on(self, conn: MuxedConnection, protocols: Sequence[str]) -> MuxedStream:
+        stream = await self._open_counted(conn)
         try:
             with anyio.fail_after(self.limits.negotiation_timeout):
                 protocol, rest = await select_protocol(stream, protocols)

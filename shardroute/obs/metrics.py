@@ -54,6 +54,7 @@ RESOURCE_REFUSALS = (
     ("system", "outbound_connections"),
     ("transient", "pending_upgrades"),
     ("ip", "pending_upgrades"),
+    ("ip_group", "pending_upgrades"),
     ("ip", "connections"),
     ("peer", "inbound_streams"),
     ("peer", "outbound_streams"),
