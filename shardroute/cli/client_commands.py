@@ -43,6 +43,38 @@ def grpc_target(text: str) -> str:
     return text.strip()
 
 
+def non_negative_int(text: str) -> int:
+    """--quorum: a whole number >= 0 (the API's field is a uint32)."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return number
+
+
+RECORD_KEY_HELP = (
+    "the record key: /pk/<peer ID> or /ipns/<peer ID> (the peer ID as printed, sent as its "
+    "bytes, as the DHT keys these records); any other key is sent as its text"
+)
+_PEER_KEYED = re.compile(r"/(pk|ipns)/(.*)", re.DOTALL)
+
+
+def record_key(text: str) -> bytes:
+    """A value record's DHT key from the command line. /pk/ and /ipns/ keys hold a peer ID's
+    binary multihash (NUL bytes among them, which no argv can carry), so the CLI takes the
+    peer ID in its printed form and sends its bytes."""
+    match = _PEER_KEYED.fullmatch(text)
+    if match is None:
+        return os.fsencode(text)
+    try:
+        peer = PeerId.parse(match.group(2))
+    except InvalidPeerId as exc:
+        raise CliError(Exit.USAGE, f"key: {exc}") from None
+    return f"/{match.group(1)}/".encode() + peer.raw
+
+
 def add_client_commands(sub: Any) -> None:
     target = os.environ.get("SHARDROUTE_GRPC", DEFAULT_ADDRESS)
     common = argparse.ArgumentParser(add_help=False)
@@ -106,13 +138,16 @@ def add_client_commands(sub: Any) -> None:
     connect.add_argument("multiaddr", metavar="MULTIADDR", help="ending in /p2p/<peer ID>")
     mode = command("mode", "Switch the node's DHT mode now (until restart; --mode at start).")
     mode.add_argument("mode", choices=("server", "client"))
-    get = command("get", "Read a value record (e.g. /pk/<peer ID bytes>) from the DHT.")
-    get.add_argument("key", metavar="KEY", help="the record key, as text")
+    get = command("get", "Read a value record (e.g. /pk/<peer ID>) from the DHT.")
+    get.add_argument("key", metavar="KEY", help=RECORD_KEY_HELP)
     get.add_argument(
-        "--quorum", type=int, metavar="N", help="answers to wait for (default: the node's setting)"
+        "--quorum",
+        type=non_negative_int,
+        metavar="N",
+        help="answers to wait for (default: the node's setting)",
     )
     put = command("put", "Store a value record in the DHT.")
-    put.add_argument("key", metavar="KEY", help="the record key, as text")
+    put.add_argument("key", metavar="KEY", help=RECORD_KEY_HELP)
     put.add_argument("value_file", metavar="FILE", help="the record's bytes; - for standard input")
     health = command(
         "health",
@@ -392,7 +427,7 @@ def _id(client: Client, args: argparse.Namespace) -> int:
 
 
 def _get(client: Client, args: argparse.Namespace) -> int:
-    value = client.get_value(args.key.encode(), quorum=args.quorum)
+    value = client.get_value(record_key(args.key), quorum=args.quorum)
     if value is None:
         if args.json:
             output.print_json({"key": args.key, "found": False})
@@ -408,6 +443,7 @@ def _get(client: Client, args: argparse.Namespace) -> int:
 
 
 def _put(client: Client, args: argparse.Namespace) -> int:
+    key = record_key(args.key)
     if args.value_file == "-":
         value = sys.stdin.buffer.read()
     else:
@@ -415,7 +451,7 @@ def _put(client: Client, args: argparse.Namespace) -> int:
             value = Path(args.value_file).read_bytes()
         except OSError as exc:
             raise CliError(Exit.USAGE, f"{args.value_file}: {exc.strerror or exc}") from None
-    stored_on = client.put_value(args.key.encode(), value)
+    stored_on = client.put_value(key, value)
     output.emit(args, {"key": args.key, "stored_on": stored_on}, f"stored on {stored_on} peers")
     return Exit.OK
 
