@@ -125,7 +125,29 @@ async def test_a_stalled_ping_stream_is_cut_off_at_its_lifetime(
         with anyio.fail_after(10):
             assert await stream.receive_exactly(len(payload)) == payload
         await stream.send(payload[:10])  # and then nothing
-        assert await until_ended(stream) is anyio.EndOfStream
+        assert await until_ended(stream) in (anyio.EndOfStream, StreamReset)  # cut off
         assert anyio.current_time() - started >= DEADLINE * 0.9
         assert not conn.closed
         assert len(await stalling.host.ping(target.peer_id)) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: handle_ping ends its stream with aclose at the lifetime, so a peer that "
+    "stalls keeps it half-open (a stream slot, and a connection that never looks idle) until "
+    "it closes its side; go resets. shardroute/net/ping.py is not ours to edit here",
+)
+async def test_a_stalled_ping_stream_holds_nothing_after_its_lifetime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ping, "PING_STREAM_LIFETIME", DEADLINE)
+    async with loopback_app() as target, loopback_app() as stalling:
+        await stalling.node.connect(address(target))
+        conn = stalling.host.connection(target.peer_id)
+        assert conn is not None
+        stream = await stalling.host.open_stream_on(conn, [ping.PING_PROTOCOL])
+        assert await until_ended(stream) in (anyio.EndOfStream, StreamReset)
+        served = target.host.connection(stalling.peer_id)
+        assert served is not None
+        left = [s for s in served.streams.values() if s.protocol == ping.PING_PROTOCOL]
+        assert left == [], "the stalled ping stream is still held by the server"
