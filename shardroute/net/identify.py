@@ -195,12 +195,15 @@ class IdentifyService:
     async def identify(self, conn: MuxedConnection) -> None:
         """Identify a new connection's peer (run once per connection, after `track`)."""
         done = self._identified.setdefault(conn, anyio.Event())
+        stream: MuxedStream | None = None
         try:
             stream = await self.host.open_stream_on(conn, [IDENTIFY_PROTOCOL])
             info = await self._read(stream)
             self._apply(conn, info)
         except (ShardrouteError, TimeoutError) as exc:
             log.info("identify with %s failed: %s", conn.remote_peer, exc)
+            if stream is not None:  # or it holds a stream slot for the connection's life
+                await stream.reset()
             return
         finally:
             done.set()

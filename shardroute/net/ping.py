@@ -17,15 +17,19 @@ PING_STREAM_LIFETIME = 30.0
 
 
 async def handle_ping(stream: MuxedStream) -> None:
-    """Echo every 32-byte payload until the opener closes its side."""
-    with anyio.move_on_after(PING_STREAM_LIFETIME):
+    """Echo every 32-byte payload until the opener closes its side, or reset the stream at
+    its lifetime (as go does: closing our side alone would leave a stalled opener holding it)."""
+    with anyio.move_on_after(PING_STREAM_LIFETIME) as lifetime:
         try:
             while True:
                 payload = await stream.receive_exactly(PING_PAYLOAD_LEN)
                 await stream.send(payload)
         except anyio.EndOfStream:
             pass
-    await stream.aclose()
+    if lifetime.cancelled_caught:
+        await stream.reset()
+    else:
+        await stream.aclose()
 
 
 async def ping_round_trips(

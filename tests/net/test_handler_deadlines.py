@@ -90,11 +90,6 @@ async def test_identify_of_a_peer_that_never_answers_ends_at_the_deadline(
         assert len(await target.host.ping(stalling.peer_id)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: IdentifyService.identify leaves the timed-out stream open (no reset) "
-    "for the connection's life; shardroute/net/identify.py is not ours to edit here",
-)
 async def test_a_timed_out_identify_does_not_leave_its_stream_open(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -131,12 +126,6 @@ async def test_a_stalled_ping_stream_is_cut_off_at_its_lifetime(
         assert len(await stalling.host.ping(target.peer_id)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: handle_ping ends its stream with aclose at the lifetime, so a peer that "
-    "stalls keeps it half-open (a stream slot, and a connection that never looks idle) until "
-    "it closes its side; go resets. shardroute/net/ping.py is not ours to edit here",
-)
 async def test_a_stalled_ping_stream_holds_nothing_after_its_lifetime(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
