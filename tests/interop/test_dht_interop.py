@@ -1,5 +1,5 @@
-"""The DHT in a mixed network: shardroute with real go-, js- and py-libp2p nodes, all in server
-mode under /icn/kad/1.0.0 on 127.0.0.1."""
+"""The DHT in a mixed network: shardroute with real rust-, go- (go-libp2p-kad-dht v0.42, the
+"go" kind), js- and py-libp2p nodes, all in server mode under /icn/kad/1.0.0 on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from shardroute.content import ContentId
 from shardroute.identity.peer_id import PeerId
 from tests.interop.thirdparty import PeerCommandError, ThirdPartyPeer, start_peer
 from tests.support.nodes import address, loopback_app
+from tests.support.polling import poll
 from tests.support.records import pk_record
 
 pytestmark = pytest.mark.anyio
-KINDS = ("shardroute", "go", "js", "py")
+KINDS = ("shardroute", "rust", "go", "js", "py")
 
 
 @dataclasses.dataclass
@@ -38,11 +39,12 @@ class Mixed:
 async def mixed_network() -> AsyncIterator[Mixed]:
     async with (
         loopback_app() as node,
+        start_peer("rust") as rust,
         start_peer("go") as go,
         start_peer("js") as js,
         start_peer("py") as py,
     ):
-        peers = {"go": go, "js": js, "py": py}
+        peers = {"rust": rust, "go": go, "js": js, "py": py}
         ours = str(address(node))
         with anyio.fail_after(60):
             for peer in peers.values():
@@ -51,18 +53,27 @@ async def mixed_network() -> AsyncIterator[Mixed]:
             for a, b in itertools.combinations(peers.values(), 2):
                 await a.command("dial", addr=b.addrs[0])
             # py-libp2p does not add peers to its table on connect (interop-peers.md)
-            for other in (str(node.peer_id), go.peer_id, js.peer_id):
+            for other in (str(node.peer_id), rust.peer_id, go.peer_id, js.peer_id):
                 await py.command("add_peer", peer_id=other)
-        assert len(node.dht.routing_table) == 3  # all three run the DHT as servers
+        # all four run the DHT as servers
+        await poll("every peer in shardroute's table", lambda: len(node.dht.routing_table) == 4)
         yield Mixed(node, peers)
 
 
 async def provide(net: Mixed, kind: str, cid: ContentId) -> None:
     if kind == "shardroute":
         report = await net.node.dht.provide(cid.dht_key)
-        assert report.accepted == 3
-    else:
-        await net.peers[kind].command("provide", cid=str(cid))
+        assert report.accepted == 4
+        return
+    await net.peers[kind].command("provide", cid=str(cid))
+    if kind == "rust":
+        # rust reports its provide done before its ADD_PROVIDERs are written (README.md):
+        # wait for the record to land here before anyone looks for it.
+        async def landed() -> bool:
+            now = net.node.clock.wall()
+            return bool(await net.node.dht.providers.get_providers(cid.dht_key, now, 5))
+
+        await poll("rust's provider record on shardroute", landed)
 
 
 async def find(net: Mixed, kind: str, cid: ContentId) -> list[str]:
@@ -137,6 +148,15 @@ async def test_pk_records_cross_between_implementations() -> None:
         key, value = pk_record()
         await go.command("put_value", key_b64=b64(key), value_b64=b64(value))
         assert await net.node.dht.get_value(key) == value
+
+        rust = net.peers["rust"]
+        key, value = pk_record()
+        await rust.command("put_value", key_b64=b64(key), value_b64=b64(value))
+        assert await net.node.dht.get_value(key) == value
+        key, value = pk_record()
+        await net.node.dht.put_value(key, value)
+        answer = await rust.command("get_value", key_b64=b64(key))
+        assert base64.b64decode(answer["value_b64"]) == value
 
         js = net.peers["js"]
         key, value = pk_record()
