@@ -43,7 +43,7 @@ install_venv() {  # name, marker module, packages...
 }
 
 # go-libp2p bindings need the old multiaddr API (shared/interop-peers.md).
-install_venv go-venv libp2p.main "libp2p-go==0.1.4" "multiaddr==0.0.9" msgpack
+install_venv go-venv libp2p.main "libp2p-go==0.1.4" "multiaddr==0.0.9" "msgpack==1.2.4"
 install_venv py-venv libp2p.kad_dht "libp2p==0.8.1"
 
 if [ -f tests/interop/peers/js/package-lock.json ] && [ ! -d tests/interop/peers/js/node_modules/libp2p ]; then
