@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Protocol
 from multiaddr import Multiaddr
 
 from shardroute import limits
-from shardroute.errors import InvalidPeerId, InvalidRecord, KadRequestRejected, RequestRefused
+from shardroute.errors import (
+    InvalidPeerId,
+    InvalidRecord,
+    KadRequestRejected,
+    RequestRefused,
+    StoreError,
+)
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.fairness import RequestLimiter
 from shardroute.kad.messages import (
@@ -156,9 +162,24 @@ class KadHandler:
                     self._refused("peer", "kad_requests")
                     raise RequestRefused(f"{sender} is over its {request.type.name} rate")
                 received.append(self._received_record(sender, request))
-        finally:
+        except (KadRequestRejected, RequestRefused):
             if received:
-                self._count(await self.intake.submit_many(received), sender)
+                await self._store_before_refusal(sender, received)
+            raise
+        if received:
+            self._count(await self.intake.submit_many(received), sender)
+
+    async def _store_before_refusal(
+        self, sender: PeerId, received: Sequence[ReceivedRecord]
+    ) -> None:
+        """Keep the records that came before a refused request. A store that cannot take them
+        is logged and counted here: the refusal, not the store, decides the stream's fate
+        (a StoreError would let the stream go on, as it does for a peer within its rights)."""
+        try:
+            self._count(await self.intake.submit_many(received), sender)
+        except StoreError as exc:
+            log.warning("ADD_PROVIDER from %s not stored: %s", sender, exc)
+            self._refused("store", "writes")
 
     def _count(self, refusals: Sequence[Refusal | None], sender: PeerId) -> None:
         for refusal in refusals:

@@ -13,6 +13,7 @@ import pytest
 from shardroute import limits
 from shardroute.app import App
 from shardroute.errors import StreamReset
+from shardroute.kad.fairness import Rate, RequestLimiter
 from shardroute.kad.messages import (
     KadMessage,
     MessageType,
@@ -132,3 +133,27 @@ async def other_put_accepted(sender: App, target: App, put: KadMessage) -> None:
     await stream.send(frame(encode_message(put)))
     reply = await answer(stream, LengthPrefixedReader(limits.KAD_MAX_MESSAGE))
     assert reply.type is MessageType.PUT_VALUE
+
+
+async def test_a_peer_over_its_rate_is_reset_even_when_the_store_refuses_its_records(
+    tmp_path: Path,
+) -> None:
+    """A run of ADD_PROVIDERs whose last is over the sender's rate, on a store that cannot
+    write: the records within the rate are refused by the store (counted), and the one over
+    the rate still resets the stream, as it does on a healthy store."""
+    store = await SqliteStore.open(tmp_path, max_providers_per_key=20)
+    async with loopback_app(storage=store) as target, loopback_app() as sender:
+        await sender.node.connect(address(target))
+        target.dht.handler.limiter = RequestLimiter(
+            lambda: 0.0, {MessageType.ADD_PROVIDER: Rate(1.0, 2.0)}
+        )
+        await store.db.set_query_only(True)
+        stream = await sender.host.new_stream(target.peer_id, [target.dht.config.protocol_id])
+        await stream.send(b"".join(add_provider(sender, key(20 + i)) for i in range(3)))
+        with pytest.raises(StreamReset), anyio.fail_after(10):
+            while True:
+                await stream.receive()
+        assert counter(target, "resource_refusals_total", "peer", "kad_requests") == 1
+        assert counter(target, "resource_refusals_total", "store", "writes") >= 1
+        conn = sender.host.connection(target.peer_id)
+        assert conn is not None and not conn.closed
