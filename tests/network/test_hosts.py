@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shardroute.content import ContentId
 from tests.interop.thirdparty import start_peer
@@ -76,6 +77,20 @@ class NetNode:
 
     def log(self) -> str:
         return (self.workdir / "serve.log").read_text(errors="replace")
+
+    def metric(self, name: str, labels: dict[str, str], port: int = 9464) -> float:
+        """One sample of the node's metrics endpoint (on its host's 127.0.0.1); 0 if absent."""
+        fetch = (
+            "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+            f"'http://127.0.0.1:{port}/metrics', timeout=10).read().decode())"
+        )
+        result = self.host.run(sys.executable, "-c", fetch)
+        assert result.returncode == 0, f"{self.host.name}: metrics: {result.stderr}"
+        for family in text_string_to_metric_families(result.stdout):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    return float(sample.value)
+        return 0.0
 
 
 def serve(
@@ -176,6 +191,32 @@ def test_a_shard_announced_on_one_host_is_found_and_dialable_from_every_other(
             assert connected["peer_id"] == provider.peer_id
 
 
+def locate_rows(node: NetNode, shard: str) -> list[dict[str, Any]]:
+    result = node.cli_result("locate", shard, "--need", "1")
+    if result.returncode != 0:  # not found yet
+        return []
+    return list(json.loads(result.stdout))
+
+
+def test_locate_from_every_host_gives_the_announcing_hosts_address_and_it_dials(
+    network: Network,
+) -> None:
+    provider = network.nodes[2]
+    assert provider.cli("announce", SHARDS[4], "--wait")["stored_on"] >= 1
+    real = f"/ip4/{provider.host.ip}/tcp/4001"
+    for node in network.nodes:
+        rows = until(lambda n=node: locate_rows(n, SHARDS[4]), what=f"locate on {node.host.name}")
+        assert [(r["index"], r["peer_id"]) for r in rows] == [(0, provider.peer_id)], rows
+        addrs = rows[0]["addrs"]
+        assert real in addrs, (node.host.name, addrs)
+        if node is provider:
+            continue  # its own record; nothing to dial
+        assert not any(a.startswith(("/ip4/127.", "/ip6/::1")) for a in addrs), addrs
+        for addr in addrs:
+            connected = node.cli("connect", f"{addr}/p2p/{provider.peer_id}")
+            assert connected["peer_id"] == provider.peer_id, (node.host.name, addr)
+
+
 def test_a_host_behind_nat_with_append_announce_is_found_and_dialed(network: Network) -> None:
     behind = network.testbed.nat("nat1", network.switch)
     public = f"/ip4/{behind.public_ip}/tcp/4001"  # type: ignore[attr-defined]
@@ -212,6 +253,11 @@ def test_a_host_behind_nat_is_found_through_its_observed_address(network: Networ
     assert finder.cli("connect", f"{public}/p2p/{node.peer_id}")["peer_id"] == node.peer_id
 
 
+def dropped_for_scope(nodes: list[NetNode]) -> float:
+    """Addresses the nodes dropped as unusable by the peer that told them, all together."""
+    return sum(n.metric("shardroute_peer_addrs_dropped_total", {"reason": "scope"}) for n in nodes)
+
+
 @pytest.mark.anyio
 async def test_go_and_js_peers_on_hosts_of_the_network_provide_and_find_both_ways(
     network: Network,
@@ -224,6 +270,9 @@ async def test_go_and_js_peers_on_hosts_of_the_network_provide_and_find_both_way
         start_peer("js", listen="/ip4/0.0.0.0/tcp/4001", wrapper=tuple(js_host.command([]))) as js,
     ):
         peers = {"go": (go, go_host), "js": (js, js_host)}
+        # shardroute nodes never hand a loopback address to another host: until go and js
+        # join, nothing the nodes drop for its scope can be a loopback address
+        before = dropped_for_scope(network.nodes)
         for peer, _ in peers.values():
             await peer.command("dial", addr=seed.address)
             # go admits a peer to its table only after a FIND_NODE check that follows identify
@@ -257,6 +306,12 @@ async def test_go_and_js_peers_on_hosts_of_the_network_provide_and_find_both_way
             # go and js advertise their 127.0.0.1 too; it never leaves their host
             assert not any(a.startswith("/ip4/127.") for a in rows[0]["addrs"]), rows
             assert finder.cli("connect", f"/ip4/{host.ip}/tcp/4001/p2p/{peer.peer_id}")
+        # what they told us of their loopback (identify, ADD_PROVIDER, closerPeers) was
+        # dropped where it arrived, and counted there
+        until(
+            lambda: dropped_for_scope(network.nodes) > before,
+            what="shardroute_peer_addrs_dropped_total{reason=scope} rises",
+        )
 
 
 def test_a_host_that_claims_other_ip_groups_still_counts_in_its_real_one(network: Network) -> None:
@@ -265,30 +320,48 @@ def test_a_host_that_claims_other_ip_groups_still_counts_in_its_real_one(network
     liar = network.testbed.host("liar", network.switch)
     victim = network.nodes[1]
     sybils = []
+    claims: dict[str, set[str]] = {}
     for j in range(5):
-        claims = ",".join(f"/ip4/10.{100 + 10 * j + i}.0.7/tcp/4001" for i in range(10))
-        sybils.append(
-            serve(
-                liar,
-                network.tmp / f"liar{j}",
-                "--listen",
-                f"/ip4/0.0.0.0/tcp/{4001 + j}",
-                "--grpc",
-                f"127.0.0.1:{7070 + j}",
-                "--metrics",
-                f"127.0.0.1:{9464 + j}",
-                "--routing-http",
-                f"127.0.0.1:{8190 + j}",
-                "--bootstrap",
-                victim.address,
-                env_extra={"SHARDROUTE_ANNOUNCE": claims},
-                grpc_port=7070 + j,
-            )
+        claimed = [f"/ip4/10.{100 + 10 * j + i}.0.7/tcp/4001" for i in range(10)]
+        sybil = serve(
+            liar,
+            network.tmp / f"liar{j}",
+            "--listen",
+            f"/ip4/0.0.0.0/tcp/{4001 + j}",
+            "--grpc",
+            f"127.0.0.1:{7070 + j}",
+            "--metrics",
+            f"127.0.0.1:{9464 + j}",
+            "--routing-http",
+            f"127.0.0.1:{8190 + j}",
+            "--bootstrap",
+            victim.address,
+            env_extra={"SHARDROUTE_ANNOUNCE": ",".join(claimed)},
+            grpc_port=7070 + j,
         )
-    ids = {s.peer_id for s in sybils}
-    # every one of them reached the victim and was identified (it logs each connection)
-    until(lambda: victim.cli("status")["connections"] >= 5, what="the sybils are connected")
+        sybils.append(sybil)
+        claims[sybil.peer_id] = set(claimed)
+    ids = set(claims)
+    assert len(ids) == 5
+    # Each one bootstrapped through the victim: it reached the victim and was answered.
+    for sybil in sybils:
+        until(
+            lambda s=sybil: victim.peer_id in s.table(),
+            what=f"{sybil.peer_id} bootstrapped through the victim",
+        )
+    # The victim has identified each (`connect` takes the open connection, waits for its
+    # identify and runs the table's decision on it): the verdict is in for all five.
+    in_table = {}
+    for sybil in sybils:
+        answer = victim.cli("connect", sybil.address)
+        assert answer["peer_id"] == sybil.peer_id
+        in_table[sybil.peer_id] = answer["dht_server"]
     admitted = ids & victim.table()
+    assert admitted == {p for p, yes in in_table.items() if yes}, in_table
     assert 1 <= len(admitted) <= 3, f"{len(admitted)} of 5 sybils from one /16 in the table"
-    rows = [r for r in victim.cli("peers") if r["peer_id"] in admitted]
-    assert all(a.startswith("/ip4/10.1") for r in rows for a in r["addrs"])  # what they claim
+    rows = {r["peer_id"]: r["addrs"] for r in victim.cli("peers") if r["peer_id"] in ids}
+    assert set(rows) == admitted
+    for peer, addrs in rows.items():
+        # what they claim reached the victim, and it did not move them out of their group
+        assert claims[peer] & set(addrs), (peer, addrs)
+        assert all(a in claims[peer] or a.startswith(f"/ip4/{liar.ip}/") for a in addrs), addrs
