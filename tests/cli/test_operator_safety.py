@@ -139,6 +139,17 @@ def test_one_node_per_data_folder_and_a_killed_one_leaves_no_stale_lock(tmp_path
         assert again.cli("id").returncode == 0
 
 
+def test_a_data_folder_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    """A --data-dir that names a file (or a folder inside one) is refused, naming it."""
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    for data_dir in (taken, taken / "inside"):
+        args = ("--grpc", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--data-dir", str(data_dir))
+        line = refusal(run_serve(*LOOPBACK, *args))
+        assert str(data_dir) in line and "cannot be written" in line
+    assert taken.read_text() == "not a folder"
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
