@@ -4,9 +4,10 @@ value, a refused record, bad input), the `quorum` field of GetValue, the blockin
 `quorum=`, the CLI's `--quorum` and the `value_quorum` setting.
 
 How quorum shows: one node holds each record, and the askers also know a peer that never
-answers (a node stopped with SIGSTOP). A get content with one answer ends when the holder's
-comes; a get that wants more waits for the silent peer, past the caller's deadline (the
-askers' query timeout is a minute), and ends DEADLINE_EXCEEDED."""
+answers (a node stopped with SIGSTOP, one call per pause and each under the 10 s after which
+an unanswered keep-alive ping closes its connection). A get content with one answer ends when
+the holder's comes; a get that wants more waits for the silent peer, past the caller's
+deadline (the askers' query timeout is a minute), and ends DEADLINE_EXCEEDED."""
 
 from __future__ import annotations
 
@@ -136,6 +137,7 @@ def test_refused_records_and_bad_input_are_exit_2(tmp_path: Path) -> None:
 @dataclass
 class Quorum:
     holder: ServeProcess  # the one node holding each record
+    silent: ServeProcess  # a peer of the askers, paused around each get
     default: ServeProcess  # value_quorum 0 (the default): a get runs its lookup to the end
     one: ServeProcess  # value_quorum 1: a get ends at the first valid answer
     records: Iterator[Record]  # each held by `holder` alone
@@ -164,14 +166,14 @@ def quorum(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quorum]:
                 for peer in (holder, silent):
                     joined = asker.cli("connect", peer.addrs[0])
                     assert joined.returncode == 0, joined.stderr
-            with silent.paused():
-                yield Quorum(holder, default, one, iter(held))
+            yield Quorum(holder, silent, default, one, iter(held))
 
 
-def waits(node: ServeProcess, key: bytes, quorum: int | None) -> None:
+def waits(q: Quorum, node: ServeProcess, key: bytes, quorum: int | None) -> None:
     """A get of `key` that must still be waiting for answers when its deadline passes."""
     with (
         Client(f"127.0.0.1:{node.grpc_port}", timeout=HASTY) as client,
+        q.silent.paused(),
         pytest.raises(grpc.RpcError) as info,
     ):
         client.get_value(key, quorum=quorum)
@@ -180,25 +182,35 @@ def waits(node: ServeProcess, key: bytes, quorum: int | None) -> None:
 
 def test_the_value_quorum_setting_decides_whether_one_answer_ends_a_get(quorum: Quorum) -> None:
     r = next(quorum.records)
-    waits(quorum.default, r.key, None)  # value_quorum 0: it waits for the silent peer too
+    waits(quorum, quorum.default, r.key, None)  # value_quorum 0: it waits for the silent peer
     first = next(quorum.records)
-    got = quorum.one.cli("get", first.text)  # value_quorum 1: the holder's answer ends it
+    with quorum.silent.paused():
+        got = quorum.one.cli("get", first.text)  # value_quorum 1: the holder's answer ends it
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)["value_hex"] == first.value.hex()
 
 
 def test_the_blocking_clients_quorum_overrides_the_setting(quorum: Quorum) -> None:
     lower, higher = next(quorum.records), next(quorum.records)
-    with Client(f"127.0.0.1:{quorum.default.grpc_port}", timeout=PATIENT) as client:
+    with (
+        Client(f"127.0.0.1:{quorum.default.grpc_port}", timeout=PATIENT) as client,
+        quorum.silent.paused(),
+    ):
         assert client.get_value(lower.key, quorum=1) == lower.value
-    waits(quorum.one, higher.key, 2)  # one holder cannot make a quorum of 2
-    with Client(f"127.0.0.1:{quorum.one.grpc_port}", timeout=PATIENT) as client:
+    waits(quorum, quorum.one, higher.key, 2)  # one holder cannot make a quorum of 2
+    with (
+        Client(f"127.0.0.1:{quorum.one.grpc_port}", timeout=PATIENT) as client,
+        quorum.silent.paused(),
+    ):
         assert client.get_value(higher.key, quorum=1) == higher.value
 
 
 def test_the_quorum_field_of_get_value_on_the_wire(quorum: Quorum) -> None:
     def get(node: ServeProcess, key: bytes, n: int, deadline: float) -> pb.GetValueResponse:
-        with grpc.insecure_channel(f"127.0.0.1:{node.grpc_port}") as channel:
+        with (
+            grpc.insecure_channel(f"127.0.0.1:{node.grpc_port}") as channel,
+            quorum.silent.paused(),
+        ):
             stub = pb_grpc.ShardRouteStub(channel)  # type: ignore[no-untyped-call]
             reply: pb.GetValueResponse = stub.GetValue(
                 pb.GetValueRequest(key=key, quorum=n), timeout=deadline
@@ -224,6 +236,7 @@ def test_the_quorum_field_of_get_value_on_the_wire(quorum: Quorum) -> None:
 def test_the_clis_quorum_flag_reaches_the_node(quorum: Quorum) -> None:
     r = next(quorum.records)
     # on `default` a get without --quorum would wait past the CLI's deadline (shown above)
-    got = quorum.default.cli("get", r.text, "--quorum", "1")
+    with quorum.silent.paused():
+        got = quorum.default.cli("get", r.text, "--quorum", "1")
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout) == {"key": r.text, "found": True, "value_hex": r.value.hex()}
