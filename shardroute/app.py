@@ -16,10 +16,10 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, aclosing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
-import dns.asyncresolver
 import prometheus_client
 from multiaddr import Multiaddr
 
@@ -60,6 +60,9 @@ from shardroute.node import Node
 from shardroute.obs.metrics import Metrics, MetricsAdapter
 from shardroute.store.database import SqliteStore
 from shardroute.tasks import Service, enter_task_group
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
 
 log = logging.getLogger(__name__)
 

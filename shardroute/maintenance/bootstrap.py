@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
-import dns.asyncresolver
 from multiaddr import Multiaddr
 
 from shardroute import limits
@@ -27,6 +26,9 @@ from shardroute.kad.dht import Dht
 from shardroute.kad.repositories import SavedPeer
 from shardroute.maintenance.refresh import deepest_cpl, lookup_buckets
 from shardroute.net.dnsaddr import resolve_all
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
 
 log = logging.getLogger(__name__)
 

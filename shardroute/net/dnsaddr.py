@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import dns.asyncresolver
-import dns.exception
-import dns.resolver
 from multiaddr import Multiaddr
 
 from shardroute.addrs import parse_multiaddr, split_p2p
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,13 @@ async def resolve_dnsaddr(
     addr: Multiaddr, resolver: dns.asyncresolver.Resolver | None = None
 ) -> list[Multiaddr]:
     """The addresses `addr` stands for (itself if it is not a /dnsaddr/ address)."""
-    resolver = resolver or dns.asyncresolver.Resolver()
+    if not is_dnsaddr(addr):
+        return [addr]
+    if resolver is None:
+        # Imported here: dnspython costs a node about 4 MiB, and most never resolve a seed name.
+        import dns.asyncresolver
+
+        resolver = dns.asyncresolver.Resolver()
     out: list[Multiaddr] = []
     await _resolve(addr, resolver, 0, out)
     return out
@@ -65,6 +72,7 @@ async def _resolve(
     if not parts or parts[0][0].name != "dnsaddr":
         out.append(addr)
         return
+    import dns.exception
     if depth >= MAX_DEPTH:
         raise DnsaddrError(f"{addr}: more than {MAX_DEPTH} nested /dnsaddr/ levels")
     domain = str(parts[0][1])
