@@ -109,6 +109,10 @@ class AddressReports(Protocol):
     def peer_addrs_dropped(self, reason: str, count: int) -> None: ...
 
 
+class TransportReports(AddressReports, Protocol):
+    def kad_stream_used(self, outcome: str) -> None: ...
+
+
 class ServerMetrics(AddressReports, Protocol):
     def request_received(self, message_type: str, result: str) -> None: ...
 
@@ -121,7 +125,7 @@ class StreamTransport:
     """`KadTransport` over a real libp2p host."""
 
     def __init__(
-        self, host: StreamHost, protocol_id: str, *, reports: AddressReports | None = None
+        self, host: StreamHost, protocol_id: str, *, reports: TransportReports | None = None
     ) -> None:
         self.host = host
         self.reports = reports
@@ -158,6 +162,7 @@ class StreamTransport:
             raise KadRequestFailed(
                 f"{peer.peer_id}: cannot open a {self.protocol_id} stream: {exc}"
             ) from exc
+        self._used("opened")
         return KeptStream(stream, new_reader())
 
     async def _take(self, peer: PeerId) -> KeptStream[Stream] | None:
@@ -178,14 +183,15 @@ class StreamTransport:
                         reply = await _exchange(kept, message)
                     except (ShardrouteError, OSError, anyio.EndOfStream) as exc:
                         log.debug("kept stream to %s failed (%s): a fresh one", peer.peer_id, exc)
-                        self.kept.failed(peer.peer_id)
+                        self._reuse_failed(peer.peer_id)
                     else:
                         if reply.type is message.type:
                             await self._done_with(peer.peer_id, kept)
+                            self._used("reused")
                             return self._counted(reply)
                         # An answer to something else (py answers ADD_PROVIDER): out of step.
                         await _reset(kept.stream)
-                        self.kept.failed(peer.peer_id)
+                        self._reuse_failed(peer.peer_id)
                 kept = await self._open(peer)
                 reply = await _exchange(kept, message)
                 await self._done_with(peer.peer_id, kept)
@@ -196,6 +202,14 @@ class StreamTransport:
             raise
         except (ShardrouteError, OSError, anyio.EndOfStream) as exc:
             raise KadRequestFailed(f"{peer.peer_id}: {type(exc).__name__}: {exc}") from exc
+
+    def _used(self, outcome: str) -> None:
+        if self.reports is not None:
+            self.reports.kad_stream_used(outcome)
+
+    def _reuse_failed(self, peer: PeerId) -> None:
+        self.kept.failed(peer)
+        self._used("reuse_failed")
 
     def _counted(self, reply: KadMessage) -> KadMessage:
         if reply.addrs_over_cap and self.reports is not None:
@@ -212,9 +226,10 @@ class StreamTransport:
                         await _write(kept.stream, data)
                     except (ShardrouteError, OSError) as exc:
                         log.debug("kept stream to %s failed (%s): a fresh one", peer.peer_id, exc)
-                        self.kept.failed(peer.peer_id)
+                        self._reuse_failed(peer.peer_id)
                     else:
                         await self._done_with(peer.peer_id, kept)
+                        self._used("reused")
                         return
                 kept = await self._open(peer)
                 await _write(kept.stream, data)

@@ -48,6 +48,7 @@ BAD_MESSAGE_REASONS = ("undecodable", "too_large", "rejected", "bad_peer_entry")
 EVICTION_REASONS = ("unresponsive", "failures", "left_server_mode")
 HANDSHAKE_FAILURE_REASONS = ("timeout", "protocol", "peer_id_mismatch", "closed")
 # The budgets a refusal can name (net/resources.py, kad/fairness.py, the store).
+KAD_STREAM_OUTCOMES = ("reused", "opened", "reuse_failed")
 RESOURCE_REFUSALS = (
     ("system", "connections"),
     ("system", "inbound_connections"),
@@ -264,6 +265,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.kad_streams_total = Counter(
+            "shardroute_kad_streams_total",
+            "Outbound DHT requests by the stream they went on: reused (kept from an earlier"
+            " request), opened (a new stream), reuse_failed (a kept stream was broken or out of"
+            " step, so the request went again on a new one).",
+            ["outcome"],
+            registry=r,
+        )
         self.resource_refusals_total = Counter(
             "shardroute_resource_refusals_total",
             "Work refused because a budget was spent (connections, streams, memory, requests,"
@@ -306,6 +315,7 @@ class Metrics:
             (self.evictions_total, EVICTION_REASONS),
             (self.handshake_failures_total, HANDSHAKE_FAILURE_REASONS),
             (self.peer_addrs_dropped_total, ("scope", "cap")),
+            (self.kad_streams_total, KAD_STREAM_OUTCOMES),
             (self.refreshes_total, ("scheduled", "adaptive", "bootstrap")),
             (self.liveness_checks_total, ("alive", "dead")),
             (self.bootstrap_attempts_total, ("joined", "empty")),
@@ -351,6 +361,9 @@ class MetricsAdapter:
 
     def peer_addrs_dropped(self, reason: str, count: int) -> None:
         self.m.peer_addrs_dropped_total.labels(reason).inc(count)
+
+    def kad_stream_used(self, outcome: str) -> None:
+        self.m.kad_streams_total.labels(outcome).inc()
 
     def request_received(self, message_type: str, result: str) -> None:
         self.m.dht_requests_received_total.labels(message_type, result).inc()

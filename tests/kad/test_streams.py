@@ -3,6 +3,8 @@ the node keeps serving."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import anyio
 import pytest
 from multiaddr import Multiaddr
@@ -160,12 +162,34 @@ async def test_a_kept_stream_broken_mid_request_is_replaced_and_the_request_answ
         await asker.node.connect(address(server))
         transport, target = asker.kad_transport, PeerInfo(server.peer_id, ())
         request = KadMessage(type=MessageType.FIND_NODE, key=KEY)
+        before = stream_uses(asker)
         await transport.request(target, request, timeout=5)
         [kept] = transport.kept.idle_streams(server.peer_id)
         reply = await transport.request(target, request, timeout=5)
         assert reply.type is MessageType.FIND_NODE and streams_seen == 2
         assert transport.kept.failures(server.peer_id) == 1
         assert transport.kept.idle_streams(server.peer_id) not in ([], [kept])
+        assert stream_uses(asker) - before == Counter(opened=2, reuse_failed=1)
+
+
+def stream_uses(app: App) -> Counter[str]:
+    counter = app.metrics.kad_streams_total
+    return Counter(
+        {o: int(counter.labels(o)._value.get()) for o in ("reused", "opened", "reuse_failed")}
+    )
+
+
+async def test_requests_to_one_peer_go_on_one_kept_stream_and_are_counted() -> None:
+    async with node() as asker, node() as server:
+        await asker.node.connect(address(server))
+        transport, target = asker.kad_transport, PeerInfo(server.peer_id, ())
+        before = stream_uses(asker)
+        for _ in range(3):
+            await transport.request(target, KadMessage(type=MessageType.PING), timeout=5)
+        used = stream_uses(asker) - before
+        assert used["reuse_failed"] == 0 and used["opened"] <= 1
+        assert used["opened"] + used["reused"] == 3
+        assert len(transport.kept.idle_streams(server.peer_id)) == 1
 
 
 async def test_kept_streams_are_closed_after_their_idle_time(
