@@ -142,6 +142,7 @@ def test_every_panel_and_the_node_picker_return_data_after_honest_traffic(
         prom.wait('shardroute_lookups_total{operation="get_providers",outcome="not_found"} > 0')
         prom.wait('shardroute_lookups_total{operation="get_value",outcome="found"} > 0')
         prom.wait("sum(shardroute_republished_shards_total) > 0")
+        prom.wait("sum(shardroute_provider_records_published_total) > 0")
 
         for query in variable_queries():
             assert label_values(prom, query) == set(targets), query
