@@ -8,7 +8,9 @@ its counts when it ends (for the holding modes: when stdin closes).
 
 - `connections`: idle TCP sockets, sockets that start multistream and stall, and one real
   libp2p connection carrying streams that never finish negotiating; all held (and, for the
-  ones the victim drops, opened again) until stdin closes.
+  ones the victim drops, opened again) until stdin closes. Per kind it counts the slots asked
+  for, those opened and begun at least once, and those held since the test's last `mark`
+  line on stdin (a `report` line asks for the counts in between).
 - `honest`: a whole shardroute node (App) that connects to the victim, pings it and finds a
   provider of `--key`, each timed.
 - `flood`: ADD_PROVIDER for many keys from one peer ID, then for one key from many fresh peer
@@ -75,28 +77,66 @@ def raise_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def stdin_closed() -> None:
-    """Until the test closes our stdin (the signal to stop and report)."""
-    await anyio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
-
-
 # -- the connection attack ---------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class Counts:
-    opened: int = 0  # reopening included
-    slots_opened: int = 0  # of the sockets or streams asked for, those opened at least once
+    """One kind of held resource (idle sockets, stalled negotiations, streams), as the attacker
+    saw it: `slots` of them asked for, each held by one task that opens it again when dropped."""
+
+    slots: int = 0
+    opened: int = 0  # connects or stream opens that succeeded, reopening included
+    slots_opened: int = 0  # of the slots, those opened at least once
+    # Of the slots, those whose work began at least once: for an idle socket its connect, for
+    # a stalled negotiation or a stream its multistream header sent.
+    slots_begun: int = 0
     open_now: int = 0
+    peak_open: int = 0
     connect_failed: int = 0
     dropped_by_victim: int = 0
+    # Since the test's last `mark`: opens, and begun ones (reopening included), and the slots
+    # held at some moment (held at the mark, or begun since).
+    opened_since_mark: int = 0
+    begun_since_mark: int = 0
+    held_since_mark: set[int] = dataclasses.field(default_factory=set)
+    _holding: set[int] = dataclasses.field(default_factory=set)
+    _begun: set[int] = dataclasses.field(default_factory=set)
+
+    def opening(self, first: bool) -> None:
+        self.opened += 1
+        self.opened_since_mark += 1
+        self.slots_opened += first
+        self.open_now += 1
+        self.peak_open = max(self.peak_open, self.open_now)
+
+    def begun(self, slot: int) -> None:
+        """`slot`'s socket or stream is now doing its part of the attack."""
+        self._begun.add(slot)
+        self.slots_begun = len(self._begun)
+        self.begun_since_mark += 1
+        self._holding.add(slot)
+        self.held_since_mark.add(slot)
+
+    def closed(self, slot: int) -> None:
+        self.open_now -= 1
+        self._holding.discard(slot)
+
+    def mark(self) -> None:
+        self.opened_since_mark = self.begun_since_mark = 0
+        self.held_since_mark = set(self._holding)
 
     def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+        fields = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if not f.name.startswith("_") and f.name != "held_since_mark"
+        }
+        return {**fields, "held_since_mark": len(self.held_since_mark)}
 
 
 async def hold_socket(
-    ip: str, port: int, *, stall: bool, counts: Counts, limiter: anyio.CapacityLimiter
+    ip: str, port: int, slot: int, *, stall: bool, counts: Counts, limiter: anyio.CapacityLimiter
 ) -> None:
     """One socket, idle or stalled after the multistream header, held until cancelled;
     opened again whenever the victim drops it."""
@@ -110,25 +150,24 @@ async def hold_socket(
             counts.connect_failed += 1
             await anyio.sleep(REOPEN_DELAY)
             continue
-        counts.opened += 1
-        counts.slots_opened += first
+        counts.opening(first)
         first = False
-        counts.open_now += 1
         try:
             if stall:
                 await sock.send(MULTISTREAM_HEADER)
+            counts.begun(slot)
             while True:
                 await sock.receive()  # whatever the victim says; we never answer
         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
             counts.dropped_by_victim += 1
         finally:
-            counts.open_now -= 1
+            counts.closed(slot)
             with anyio.CancelScope(shield=True):
                 await sock.aclose()
         await anyio.sleep(REOPEN_DELAY)
 
 
-async def hold_stream(conn: MuxedConnection, counts: Counts) -> None:
+async def hold_stream(conn: MuxedConnection, slot: int, counts: Counts) -> None:
     """One stream that says the multistream header and never proposes a protocol."""
     first = True
     while not conn.closed:
@@ -138,18 +177,17 @@ async def hold_stream(conn: MuxedConnection, counts: Counts) -> None:
             counts.connect_failed += 1
             await anyio.sleep(REOPEN_DELAY)
             continue
-        counts.opened += 1
-        counts.slots_opened += first
+        counts.opening(first)
         first = False
-        counts.open_now += 1
         try:
             await stream.send(MULTISTREAM_HEADER)
+            counts.begun(slot)
             while True:
                 await stream.receive()
         except (ShardrouteError, anyio.EndOfStream, anyio.BrokenResourceError):
             counts.dropped_by_victim += 1
         finally:
-            counts.open_now -= 1
+            counts.closed(slot)
         await anyio.sleep(REOPEN_DELAY)
 
 
@@ -160,34 +198,44 @@ async def connections(args: argparse.Namespace) -> None:
     endpoint = tcp_endpoint(transport)
     assert endpoint is not None
     ip, port = endpoint
-    idle, stalled, streams = Counts(), Counts(), Counts()
+    idle, stalled, streams = Counts(args.idle), Counts(args.stalled), Counts(args.streams)
+    kinds = {"idle": idle, "stalled": stalled, "streams": streams}
+
+    def report() -> dict[str, dict[str, int]]:
+        return {name: counts.as_dict() for name, counts in kinds.items()}
+
     limiter = anyio.CapacityLimiter(100)  # connects in flight: a burst, not a SYN storm
     async with Host(Ed25519PrivateKey.generate()) as host, anyio.create_task_group() as tg:
         # The real connection first: once the sockets hold this address's pending-upgrade
         # slots, the victim upgrades nothing more from here (that is the budget working).
         conn = await host.dial(target)
-        for _ in range(args.stalled):
+        for slot in range(args.stalled):
             tg.start_soon(
-                partial(hold_socket, ip, port, stall=True, counts=stalled, limiter=limiter)
+                partial(hold_socket, ip, port, slot, stall=True, counts=stalled, limiter=limiter)
             )
-        for _ in range(args.idle):
-            tg.start_soon(partial(hold_socket, ip, port, stall=False, counts=idle, limiter=limiter))
-        for _ in range(args.streams):
-            tg.start_soon(hold_stream, conn, streams)
-        # Ready once every socket and every stream was opened at least once (our own Yamux
-        # lets 256 streams at most await the victim's ACK: the rest retry).
+        for slot in range(args.idle):
+            tg.start_soon(
+                partial(hold_socket, ip, port, slot, stall=False, counts=idle, limiter=limiter)
+            )
+        for slot in range(args.streams):
+            tg.start_soon(hold_stream, conn, slot, streams)
+        # Ready once every socket and every stream began its part at least once (our own Yamux
+        # lets 256 streams at most await the victim's ACK: the rest retry), or after 60 s with
+        # `complete` false: the counts say how far it got.
+        start = time.monotonic()
         with anyio.move_on_after(60):
-            while (  # noqa: ASYNC110 (a poll of plain counters)
-                idle.slots_opened < args.idle
-                or stalled.slots_opened < args.stalled
-                or streams.slots_opened < args.streams
-            ):
-                await anyio.sleep(0.2)
-        report = {"idle": idle.as_dict(), "stalled": stalled.as_dict()}
-        emit(event="ready", **report, streams=streams.as_dict())
-        await stdin_closed()
-        report = {"idle": idle.as_dict(), "stalled": stalled.as_dict()}
-        emit(event="done", **report, streams=streams.as_dict(), connection_open=not conn.closed)
+            while any(c.slots_begun < c.slots for c in kinds.values()):  # noqa: ASYNC110
+                await anyio.sleep(0.2)  # a poll of plain counters
+        complete = all(c.slots_begun == c.slots for c in kinds.values())
+        emit(event="ready", complete=complete, seconds=time.monotonic() - start, **report())
+        # Each line on stdin: `mark` starts a window (held_since_mark counts from there),
+        # `report` says the counts now; the end of stdin ends the attack.
+        while line := await anyio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True):
+            if line.strip() == "mark":
+                for counts in kinds.values():
+                    counts.mark()
+            emit(event=line.strip(), connection_open=not conn.closed, **report())
+        emit(event="done", connection_open=not conn.closed, **report())
         tg.cancel_scope.cancel()
 
 
