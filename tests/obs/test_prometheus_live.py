@@ -175,8 +175,8 @@ def drive_traffic(a: ServeProcess, b: ServeProcess, c: ServeProcess) -> None:
         assert at_b.find_providers(cid(100), count=1, timeout=10) == []  # nothing found
         assert at_a.closest_peers(c.addrs[0].rsplit("/", 1)[1])
         assert at_a.node_info().announced_records == len(shards)
-        # A /pk/ record, put through one node and read through another. The CLI cannot send
-        # this key: it holds a multihash's binary bytes, NUL among them, which no argv carries.
+        # A /pk/ record, put through one node and read through another (its key holds the
+        # peer ID's binary bytes; the CLI takes it as /pk/<peer ID> text).
         key = Ed25519PrivateKey.generate().public_key
         record_key = b"/pk/" + PeerId.from_public_key(key).raw
         assert at_a.put_value(record_key, key.to_protobuf()) >= 1
