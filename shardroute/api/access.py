@@ -2,7 +2,9 @@
 bearer token read from a file, on the server and in the clients.
 
 The token travels as `authorization: Bearer <token>` metadata; calls without it, or with
-another, get UNAUTHENTICATED. The health service is exempt (probes of orchestrators send no
+another, get UNAUTHENTICATED. Client certificates, when a client CA is set, are checked in the
+TLS handshake (gRPC and the routing HTTP port alike): without one, or with one from another CA,
+there is no connection to answer on. The health service is exempt (probes of orchestrators send no
 metadata; it tells nothing but serving or not). A node refuses to put a plaintext,
 unauthenticated API on an address other hosts can reach unless told `insecure_api`.
 """
@@ -128,6 +130,10 @@ class ApiAccess:
     def server_credentials(self) -> grpc.ServerCredentials | None:
         if self.tls_cert is None or self.tls_key is None:
             return None
+        # With a client CA the certificate is required in the handshake: grpc's Python server
+        # has no "request but do not require" (require_client_auth=False sends no certificate
+        # request at all), so a per-call check could never see one. A caller without a
+        # certificate signed by the CA is refused before any call, not with a status.
         return grpc.ssl_server_credentials(
             [(self.tls_key, self.tls_cert)],
             root_certificates=self.tls_client_ca,
