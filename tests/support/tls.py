@@ -1,5 +1,6 @@
 """A throwaway certificate authority for tests: a CA, a server certificate for 127.0.0.1 and
-localhost, and a client certificate, written as PEM files."""
+localhost, and a client certificate, written as PEM files; and an unrelated CA with a client
+certificate of its own (what a server trusting only the first must refuse)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 @dataclass(frozen=True)
 class TestPki:
+    __test__ = False  # not a test class, for pytest
     ca: Path
     server_cert: Path
     server_key: Path
     client_cert: Path
     client_key: Path
-    other_ca: Path  # a CA that signed nothing here
+    other_ca: Path  # a CA that signed nothing of the server's
+    other_client_cert: Path  # a client certificate signed by other_ca
+    other_client_key: Path
 
 
 def _name(common: str) -> x509.Name:
@@ -88,9 +92,10 @@ def _leaf(
 def make_pki(folder: Path) -> TestPki:
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, ca = _ca("shardroute test CA")
-    _, other = _ca("unrelated CA")
+    other_key, other = _ca("unrelated CA")
     server_key, server = _leaf(ca_key, ca, "localhost", server=True)
     client_key, client = _leaf(ca_key, ca, "storage node", server=False)
+    stranger_key, stranger = _leaf(other_key, other, "storage node", server=False)
     pem = serialization.Encoding.PEM
     pki = TestPki(
         ca=folder / "ca.pem",
@@ -99,11 +104,15 @@ def make_pki(folder: Path) -> TestPki:
         client_cert=folder / "client.pem",
         client_key=folder / "client.key",
         other_ca=folder / "other-ca.pem",
+        other_client_cert=folder / "other-client.pem",
+        other_client_key=folder / "other-client.key",
     )
     pki.ca.write_bytes(ca.public_bytes(pem))
     pki.other_ca.write_bytes(other.public_bytes(pem))
     pki.server_cert.write_bytes(server.public_bytes(pem))
     pki.client_cert.write_bytes(client.public_bytes(pem))
+    pki.other_client_cert.write_bytes(stranger.public_bytes(pem))
     _write_key(server_key, pki.server_key)
     _write_key(client_key, pki.client_key)
+    _write_key(stranger_key, pki.other_client_key)
     return pki
