@@ -197,6 +197,9 @@ class Dht(Service):
     ) -> list[ProvideReport]:
         return await self._providers.provide_many(keys, concurrency=concurrency)
 
+    async def record_own(self, keys: Sequence[bytes]) -> None:
+        await self._providers.record_own(keys)
+
     async def provide_assigned(
         self, assignments: dict[bytes, list[PeerInfo]], *, record_self: bool = True
     ) -> dict[bytes, int]:

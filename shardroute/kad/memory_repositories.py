@@ -64,7 +64,9 @@ class MemoryProviderStore:
             if self._per_group[group] <= 0:
                 del self._per_group[group]
 
-    async def add_providers(self, records: Sequence[ProviderRecord]) -> list[bool]:
+    async def add_providers(
+        self, records: Sequence[ProviderRecord], *, durable: bool = True
+    ) -> list[bool]:
         return [await self.add_provider(r) for r in records]
 
     async def accept_providers(

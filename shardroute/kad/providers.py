@@ -60,8 +60,16 @@ class ProviderRouting(KadOperation):
             raise LocalProtocolError("cannot provide without a dialable address")
         return PeerInfo(peer_id=self.self_id, addrs=addrs)
 
-    async def _record_self(self, keys: Sequence[bytes], me: PeerInfo) -> None:
-        """Our own provider records of `keys`, one durable write."""
+    async def record_own(self, keys: Sequence[bytes]) -> None:
+        """Our own provider records of `keys`, at once (go stores its own before it sends):
+        we answer for them before any publication reaches a peer. A soft write: the caller
+        holds the durable announcement, and each publication writes them again."""
+        await self._record_self(keys, self._self_provider(), durable=False)
+
+    async def _record_self(
+        self, keys: Sequence[bytes], me: PeerInfo, *, durable: bool = True
+    ) -> None:
+        """Our own provider records of `keys`, one write."""
         now = self.clock.wall()
         await self.store.add_providers(
             [
@@ -73,7 +81,8 @@ class ProviderRouting(KadOperation):
                     expires_at=now + self.config.provider_ttl,
                 )
                 for key in keys
-            ]
+            ],
+            durable=durable,
         )
 
     def _find_closest(self, key: bytes) -> KadMessage:

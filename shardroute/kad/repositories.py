@@ -82,8 +82,11 @@ class ProviderStore(Protocol):
 
     async def add_provider(self, record: ProviderRecord) -> bool: ...
 
-    async def add_providers(self, records: Sequence[ProviderRecord]) -> list[bool]:
-        """Many upserts as one durable write; which were stored."""
+    async def add_providers(
+        self, records: Sequence[ProviderRecord], *, durable: bool = True
+    ) -> list[bool]:
+        """Many upserts as one write, fsync'd unless `durable` is off (records that can be
+        written again, such as our own next to the durable announcement); which were stored."""
         ...
 
     async def accept_providers(

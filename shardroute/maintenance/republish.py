@@ -137,9 +137,10 @@ class Publisher:
     async def announce(
         self, cids: Sequence[ContentId], *, wait: bool = False
     ) -> tuple[int, PublicationWait | None]:
-        """Durably record the shards as announced and due now; how many (each shard once,
-        whatever form named it). With `wait`, also something to await their first publication
-        on (the one the background pass makes: there is no second)."""
+        """Durably record the shards as announced and due now, and our own provider records of
+        them; how many (each shard once, whatever form named it). With `wait`, also something
+        to await their first publication on (the one the background pass makes: there is no
+        second)."""
         entries = {c.dht_key: c.codec for c in cids}
         waiting = PublicationWait(set(entries)) if wait else None
         # Written before the wait is registered: a refused write leaves nothing behind, and
@@ -148,6 +149,14 @@ class Publisher:
         if waiting is not None:
             self._waits.append(waiting)
         self._wake.fire()
+        try:
+            await self.dht.record_own(list(entries))
+        except ShardrouteError as exc:  # no dialable address yet, a store fault: it waits
+            log.info("own records of %d shards wait for their publication: %s", count, exc)
+        except BaseException:
+            if waiting is not None:
+                self.forget(waiting)
+            raise
         return count, waiting
 
     def forget(self, waiting: PublicationWait) -> None:

@@ -140,13 +140,16 @@ class SqliteProviderStore(Repository):
         return (await self.add_providers([record]))[0]
 
     @atomic
-    async def add_providers(self, records: Sequence[ProviderRecord]) -> list[bool]:
+    async def add_providers(
+        self, records: Sequence[ProviderRecord], *, durable: bool = True
+    ) -> list[bool]:
         """Upsert many records, each under the per-key cap, in transactions of at most
-        `WRITE_BATCH` (one fsync each, and the write lock never held long); which were stored."""
+        `WRITE_BATCH` (one fsync each unless not `durable`, and the write lock never held
+        long); which were stored."""
         stored: list[bool] = []
         for start in range(0, len(records), WRITE_BATCH):
             chunk = records[start : start + WRITE_BATCH]
-            async with self.db.transaction() as conn:
+            async with self.db.transaction(durable=durable) as conn:
                 batch = _Batch(conn)
                 await batch.load(chunk, ())
                 for record in chunk:

@@ -250,6 +250,19 @@ def test_withdraw_removes_the_nodes_own_provider_record(
     assert found.returncode == 4 and json.loads(found.stdout) == []
 
 
+def test_a_node_answers_for_its_own_shards_before_any_peer_took_them(tmp_path: Path) -> None:
+    """A node alone announces: it finds itself at once (as go stores its own record before it
+    sends), with a dialable address, and withdraw takes that record away again."""
+    with serve(tmp_path / "alone") as alone:
+        shard = digest(510).hex()
+        own = json.loads(alone.cli("id").stdout)
+        assert json.loads(alone.cli("announce", shard).stdout)["announced"] == 1
+        [found] = json.loads(alone.cli("find", shard).stdout)
+        assert found["peer_id"] == own["peer_id"] and found["addrs"]
+        assert json.loads(alone.cli("withdraw", shard).stdout) == {"withdrawn": 1}
+        assert alone.cli("find", shard).returncode != 0
+
+
 # -- honest outcomes and exit codes --------------------------------------------------------
 
 
