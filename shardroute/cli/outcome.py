@@ -53,7 +53,8 @@ def unreachable(target: str) -> CliError:
     return CliError(
         Exit.UNREACHABLE,
         f"no shardroute node answers at {target}: start one with `shardroute serve`, or point "
-        "--grpc (or SHARDROUTE_GRPC) at the node's gRPC address",
+        "--grpc (or SHARDROUTE_GRPC) at the node's gRPC address; a node that serves TLS needs "
+        "--tls-ca, and --tls-cert/--tls-key if it asks for client certificates",
     )
 
 

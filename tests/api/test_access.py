@@ -250,6 +250,7 @@ def test_client_certificates_are_required_in_the_tls_handshake(tmp_path: Path) -
             },
         )
         assert wrong_ca.returncode == 3, wrong_ca.stderr
+        assert "--tls-cert" in no_cert.stderr and "--tls-cert" in wrong_ca.stderr
         # the node is still there for the right certificate afterwards
         assert node_info(port, signed).peer_id
 
