@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/bench_lookups.py --tree before=/path/to/old/checkout \
         --tree after=. [--nodes 24] [--lookups 600] [--concurrency 8] [--rounds 3] [--write NAME]
+    .venv/bin/python bench/bench_lookups.py --tree with=. --tree without=. \
+        --without-accounting without   # what resource accounting costs
 
 Each run is a child process with that tree first on its path: N whole nodes (`App`s, over TCP
 on 127.0.0.1, the tree's own `tests.support.fleet`) join through the first, then run
@@ -28,6 +30,22 @@ ROOT = Path(__file__).resolve().parent.parent
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def without_accounting() -> None:
+    """What resource accounting costs, measured by taking it away: stream and memory budgets
+    and the kad rate limits always grant (a benchmark's patch; the node has no such switch)."""
+    from shardroute.kad.fairness import RequestLimiter
+    from shardroute.net.resources import Reservation, ResourceManager
+
+    def granted(*args: object, **kwargs: object) -> Reservation:
+        return Reservation(None)
+
+    ResourceManager.open_stream = granted  # type: ignore[method-assign]
+    ResourceManager.serve_protocol = granted  # type: ignore[method-assign]
+    ResourceManager.grow_memory = lambda self, peer, n: True  # type: ignore[method-assign]
+    ResourceManager.shrink_memory = lambda self, peer, n: None  # type: ignore[method-assign]
+    RequestLimiter.allow = lambda self, peer, kind: True  # type: ignore[method-assign]
 
 
 async def worker(nodes: int, lookups: int, concurrency: int, seed: int) -> dict[str, float]:
@@ -79,13 +97,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seed", type=int, default=12)
+    p.add_argument(
+        "--without-accounting",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="run that tree with stream, memory and rate budgets always granting",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-accounting", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--write", default="", help="write the table as this docs/benchmarks.md section")
     p.add_argument("--note", default="", help="a paragraph for the section")
     args = p.parse_args(argv)
     if args.worker:
         import anyio
 
+        if args.no_accounting:
+            without_accounting()
         result = anyio.run(worker, args.nodes, args.lookups, args.concurrency, args.seed)
         print(json.dumps(result))
         return
@@ -93,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     from bench.common import commit_of, parse_trees, run_in_tree, write_section
 
     trees = parse_trees(args.tree)
+    unknown = set(args.without_accounting) - {label for label, _ in trees}
+    if unknown:
+        p.error(f"--without-accounting: no tree labelled {', '.join(sorted(unknown))}")
     runs: dict[str, list[dict[str, float]]] = {label: [] for label, _ in trees}
     for r in range(args.rounds):
         for label, path in trees:
@@ -100,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
                 Path(__file__).resolve(),
                 path,
                 [f"--{k}={getattr(args, k)}" for k in ("nodes", "lookups", "concurrency")]
-                + [f"--seed={args.seed + r}"],
+                + [f"--seed={args.seed + r}"]
+                + (["--no-accounting"] if label in args.without_accounting else []),
                 timeout=900,
             )
             runs[label].append(result)
