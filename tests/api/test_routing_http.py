@@ -27,18 +27,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from shardroute import limits
 from shardroute.api.routing_http import RoutingHttpServer
 from shardroute.api.routing_v1 import ROUTE_NAMES
 from shardroute.app import App
 from shardroute.clock import FakeClock
 from shardroute.config import ConfigError, Settings, load_settings
 from shardroute.content import DAG_PB_CODEC, ContentId
-from shardroute.errors import ConnectionClosed, StartupError, StreamReset
+from shardroute.errors import StartupError
 from shardroute.identity.keys import Ed25519PrivateKey
-from shardroute.net.muxer import MuxedStream
 from shardroute.obs.metrics import ROUTING_HTTP_ROUTES
-from shardroute.protocol.varint import LengthPrefixedReader
 from shardroute.store.database import SqliteStore
 from shardroute.store.engine import DATABASE_FILE
 from tests.support.http_client import connect, get
@@ -46,6 +43,7 @@ from tests.support.nodes import address, loopback_app
 from tests.support.peers import keyed_peer_id
 from tests.support.serve import ENV, SHARDROUTE
 from tests.support.settings import loopback
+from tests.support.stalling import Silence
 
 pytestmark = pytest.mark.anyio
 
@@ -436,33 +434,6 @@ async def test_https_with_a_context_and_plain_http_is_refused_there(tmp_path: Pa
 
 
 # -- slow lookups, clients that leave -------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Silence:
-    """A peer that answers provider lookups for `key` a byte at a time and never finishes (an
-    overloaded peer). `asked` when such a request came; `released` when its asker gave up on
-    it (the next byte found the stream reset)."""
-
-    key: bytes
-    asked: anyio.Event = dataclasses.field(default_factory=anyio.Event)
-    released: anyio.Event = dataclasses.field(default_factory=anyio.Event)
-
-    async def handler(self, stream: MuxedStream) -> None:
-        reader = LengthPrefixedReader(limits.KAD_MAX_MESSAGE)
-        while (request := reader.next_message()) is None:
-            reader.receive_data(await stream.receive())
-        if self.key not in request:
-            await stream.reset()
-            return
-        self.asked.set()
-        try:
-            await stream.send(b"\xe8\x07")  # a 1000-byte answer is coming...
-            while True:
-                await anyio.sleep(0.1)
-                await stream.send(b"\x00")
-        except (StreamReset, ConnectionClosed):
-            self.released.set()
 
 
 @asynccontextmanager

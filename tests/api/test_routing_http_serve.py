@@ -5,7 +5,6 @@ not hold the answer (or its lookup) past the query deadline. Everything on 127.0
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import socket
 import ssl
@@ -19,19 +18,18 @@ import pytest
 from multiaddr import Multiaddr
 from prometheus_client.parser import text_string_to_metric_families
 
-from shardroute import limits
 from shardroute.addrs import parse_multiaddr
 from shardroute.content import ContentId
 from shardroute.errors import ConnectionClosed, StreamReset
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.kad.messages import KadMessage, MessageType, PeerInfo, encode_message
 from shardroute.net.host import Host
-from shardroute.net.muxer import MuxedStream
-from shardroute.protocol.varint import LengthPrefixedReader, frame
+from shardroute.protocol.varint import frame
 from tests.support.http_client import get
 from tests.support.nodes import address, loopback_app
 from tests.support.serve import ENV, SHARDROUTE, ServeProcess, free_port, serve, wait_serving
 from tests.support.settings import loopback
+from tests.support.stalling import Silence
 from tests.support.tls import make_pki
 
 pytestmark = pytest.mark.anyio
@@ -174,32 +172,6 @@ async def test_serve_refuses_an_exposed_routing_port_without_token_or_tls(tmp_pa
 
 
 # -- a client that stops reading ------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Silence:
-    """A DHT peer that answers a provider lookup for `key` a byte at a time and never
-    finishes; `asked` when such a request came, `released` once the asker dropped it."""
-
-    key: bytes
-    asked: anyio.Event = dataclasses.field(default_factory=anyio.Event)
-    released: anyio.Event = dataclasses.field(default_factory=anyio.Event)
-
-    async def handler(self, stream: MuxedStream) -> None:
-        reader = LengthPrefixedReader(limits.KAD_MAX_MESSAGE)
-        while (request := reader.next_message()) is None:
-            reader.receive_data(await stream.receive())
-        if self.key not in request:
-            await stream.reset()
-            return
-        self.asked.set()
-        try:
-            await stream.send(b"\xe8\x07")  # a 1000-byte answer is coming...
-            while True:
-                await anyio.sleep(0.1)
-                await stream.send(b"\x00")
-        except (StreamReset, ConnectionClosed):
-            self.released.set()
 
 
 PROVIDERS = 100  # serve's max_providers_per_key
