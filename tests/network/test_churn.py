@@ -83,7 +83,6 @@ def shard(peer_id: str, i: int) -> str:
     return hashlib.sha256(f"churn {peer_id} {i}".encode()).hexdigest()
 
 
-@pytest.mark.timeout(178)
 @pytest.mark.anyio
 async def test_a_network_that_loses_30_percent_at_once_still_finds_and_heals(
     tmp_path: Path,
