@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from multiaddr import Multiaddr
 
+from shardroute import limits
 from shardroute.errors import InvalidPeerId
 from shardroute.identity.peer_id import PeerId
 
@@ -127,6 +128,9 @@ _LEGACY_CLASS_A = tuple(
 )
 
 
+# Asked once per received record and per address of every answer; a peer's few addresses
+# repeat, so a bounded cache spares the parse and the legacy-block scan.
+@functools.lru_cache(maxsize=limits.IP_GROUP_CACHE_ENTRIES)
 def ip_group(addr_host: str, *, exempt_private: bool = True) -> str | None:
     """The diversity group of an IP address, e.g. ``"ip4:1.2.0.0/16"``.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
+from typing import Generic, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,6 +25,7 @@ from shardroute.pb.api.v1 import shardroute_pb2_grpc as pb_grpc
 
 ShardLike = str | bytes
 DEFAULT_ADDRESS = "127.0.0.1:7070"
+ChannelT = TypeVar("ChannelT", grpc.Channel, grpc.aio.Channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,10 @@ def _info(m: pb.NodeInfo) -> NodeInfo:
     )
 
 
-class AsyncClient:
+class _Connection(Generic[ChannelT]):
+    """What both clients hold: the node's address, the per-call timeout, and a stub over a
+    channel that `_open` makes (blocking or asyncio)."""
+
     def __init__(
         self,
         address: str = DEFAULT_ADDRESS,
@@ -115,8 +119,16 @@ class AsyncClient:
     ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = (credentials or ClientCredentials()).aio_channel(address, [])
+        self._channel = self._open(credentials or ClientCredentials(), address)
         self._stub = pb_grpc.ShardRouteStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def _open(self, credentials: ClientCredentials, address: str) -> ChannelT:
+        raise NotImplementedError
+
+
+class AsyncClient(_Connection[grpc.aio.Channel]):
+    def _open(self, credentials: ClientCredentials, address: str) -> grpc.aio.Channel:
+        return credentials.aio_channel(address, [])
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -208,29 +220,16 @@ class AsyncClient:
         return reply.peer_id, reply.dht_server
 
 
-class Client:
+class Client(_Connection[grpc.Channel]):
     """The blocking twin of AsyncClient, for plain synchronous code."""
 
-    def __init__(
-        self,
-        address: str = DEFAULT_ADDRESS,
-        *,
-        timeout: float = 30.0,
-        credentials: ClientCredentials | None = None,
-    ) -> None:
-        self.timeout = timeout
-        self._channel = (credentials or ClientCredentials()).channel(address, [])
-        self._stub = pb_grpc.ShardRouteStub(self._channel)  # type: ignore[no-untyped-call]
+    def _open(self, credentials: ClientCredentials, address: str) -> grpc.Channel:
+        return credentials.channel(address, [])
 
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:

@@ -29,17 +29,7 @@ from shardroute.net.addresses import scope_of
 from shardroute.net.negotiate import LazyProtocol
 from shardroute.net.resources import Reservation
 from shardroute.net.secure import SecureChannel
-from shardroute.protocol.yamux import (
-    DataReceived,
-    GoAwayReceived,
-    PingAcknowledged,
-    StreamClosed,
-    StreamEnded,
-    StreamOpened,
-    WindowUpdated,
-    YamuxSession,
-)
-from shardroute.protocol.yamux import StreamReset as StreamResetEvent
+from shardroute.protocol import yamux
 from shardroute.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -318,7 +308,7 @@ class MuxedConnection:
         # What the peer can use of the addresses we pass on, asked once per peer entry of
         # every answer: decided once.
         self.remote_scope = scope_of(remote_addr)
-        self.session = YamuxSession(
+        self.session = yamux.YamuxSession(
             is_client=direction is Direction.OUTBOUND, max_streams=max_streams
         )
         self.streams: dict[int, MuxedStream] = {}
@@ -474,36 +464,36 @@ class MuxedConnection:
 
     def _process(self, data: bytes) -> None:
         for event in self.session.receive_data(data):
-            if isinstance(event, DataReceived):
+            if isinstance(event, yamux.DataReceived):
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
                     stream._on_data(event.data)
                 else:
                     self.session.acknowledge_received(event.stream_id, len(event.data))
-            elif isinstance(event, StreamOpened):
+            elif isinstance(event, yamux.StreamOpened):
                 # A draining connection (the loser of a simultaneous dial) still serves what
                 # the peer opens on it: go keeps both connections and uses either.
                 stream = MuxedStream(self, event.stream_id, Direction.INBOUND)
                 self.streams[event.stream_id] = stream
                 self._on_stream(stream)
-            elif isinstance(event, StreamEnded):
+            elif isinstance(event, yamux.StreamEnded):
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
                     stream._on_eof()
-            elif isinstance(event, StreamResetEvent):
+            elif isinstance(event, yamux.StreamReset):
                 stream = self._forget(event.stream_id)
                 if stream is not None:
                     stream._on_reset()
-            elif isinstance(event, WindowUpdated):
+            elif isinstance(event, yamux.WindowUpdated):
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
                     stream._on_window()
-            elif isinstance(event, StreamClosed):
+            elif isinstance(event, yamux.StreamClosed):
                 self._forget(event.stream_id)
-            elif isinstance(event, PingAcknowledged):
+            elif isinstance(event, yamux.PingAcknowledged):
                 self._last_pong = event.opaque
                 self._pong.fire()
-            elif isinstance(event, GoAwayReceived):
+            elif isinstance(event, yamux.GoAwayReceived):
                 self.draining = True
                 self.close_reason = f"peer sent GoAway code {event.code}"
         if self.session.queued_output > self._max_queued_output:
