@@ -69,19 +69,22 @@ async def test_a_peer_that_dies_fails_its_command_with_its_log(kind: Kind) -> No
         assert "exited with -9" in message and str(peer.log_path) in message
 
 
+def thread_states(pid: int) -> set[str]:
+    """The states (R, S, T, ...) of `pid`'s threads, as /proc shows them."""
+    states = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as stat:
+                states.add(stat.read().rsplit(")", 1)[1].split()[0])
+        except FileNotFoundError:
+            continue  # a thread that ended
+    return states
+
+
 async def wait_until_stopped(pid: int) -> None:
-    """Every thread of `pid` in the stopped state (T), as /proc shows it."""
     with anyio.fail_after(10):
-        while True:
-            states = set()
-            for task in os.listdir(f"/proc/{pid}/task"):
-                try:
-                    with open(f"/proc/{pid}/task/{task}/stat") as stat:
-                        states.add(stat.read().rsplit(")", 1)[1].split()[0])
-                except FileNotFoundError:
-                    continue  # a thread that ended
-            if states and states <= {"T", "t"}:
-                return
+        # a poll: the state is the kernel's
+        while not (states := thread_states(pid)) or not states <= {"T", "t"}:  # noqa: ASYNC110
             await anyio.sleep(0.01)
 
 
