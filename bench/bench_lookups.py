@@ -4,13 +4,21 @@
         --tree after=. [--nodes 24] [--lookups 600] [--concurrency 8] [--rounds 3] [--write NAME]
     .venv/bin/python bench/bench_lookups.py --tree with=. --tree without=. \
         --without-accounting without   # what resource accounting costs
+    .venv/bin/python bench/bench_lookups.py --accounting-blocks 12 [--write NAME]
+        # the same, within one network: blocks of lookups with and without, in turn
 
 Each run is a child process with that tree first on its path: N whole nodes (`App`s, over TCP
 on 127.0.0.1, the tree's own `tests.support.fleet`) join through the first, then run
 `get_closest_peers` for random keys from random nodes, `--concurrency` at a time. Throughput is
 requests (FIND_NODE round trips) per wall second, cost is CPU milliseconds per request (this
-process does both ends of every request); per lookup they vary with each run's fresh tables. Trees run alternately, `--rounds` times
-each, so drift in the machine's load falls on both; the medians are compared.
+process does both ends of every request); per lookup they vary with each run's fresh tables.
+Trees run alternately, `--rounds` times each, so drift in the machine's load falls on both; the
+medians are compared.
+
+Runs differ by more than accounting costs (fresh identities, tables and lookup lengths: seen
++-30 % between runs of one tree). `--accounting-blocks N` takes that away: one network of the
+tree at hand runs 2N blocks of `--lookups`, with and without accounting in the order
+with, without, without, with, ... (drift falls on both), and compares each pair of blocks.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,23 +41,45 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def without_accounting() -> None:
-    """What resource accounting costs, measured by taking it away: stream and memory budgets
-    and the kad rate limits always grant (a benchmark's patch; the node has no such switch)."""
-    from shardroute.kad.fairness import RequestLimiter
-    from shardroute.net.resources import Reservation, ResourceManager
+ACCOUNTED = (
+    ("shardroute.net.resources", "ResourceManager", "open_stream"),
+    ("shardroute.net.resources", "ResourceManager", "serve_protocol"),
+    ("shardroute.net.resources", "ResourceManager", "grow_memory"),
+    ("shardroute.net.resources", "ResourceManager", "shrink_memory"),
+    ("shardroute.kad.fairness", "RequestLimiter", "allow"),
+)
+
+
+def set_accounting(on: bool, _saved: dict[str, object] = {}) -> None:  # noqa: B006
+    """What resource accounting costs, measured by taking it away: off, stream and memory
+    budgets and the kad rate limits always grant (a benchmark's patch; the node has no such
+    switch). Memory grown while on and shrunk while off stays counted: a few frames per turn."""
+    import importlib
+
+    from shardroute.net.resources import Reservation
 
     def granted(*args: object, **kwargs: object) -> Reservation:
         return Reservation(None)
 
-    ResourceManager.open_stream = granted  # type: ignore[method-assign]
-    ResourceManager.serve_protocol = granted  # type: ignore[method-assign]
-    ResourceManager.grow_memory = lambda self, peer, n: True  # type: ignore[method-assign]
-    ResourceManager.shrink_memory = lambda self, peer, n: None  # type: ignore[method-assign]
-    RequestLimiter.allow = lambda self, peer, kind: True  # type: ignore[method-assign]
+    off = {
+        "open_stream": granted,
+        "serve_protocol": granted,
+        "grow_memory": lambda self, peer, n: True,
+        "shrink_memory": lambda self, peer, n: None,
+        "allow": lambda self, peer, kind: True,
+    }
+    for module, cls_name, name in ACCOUNTED:
+        cls = getattr(importlib.import_module(module), cls_name)
+        key = f"{cls_name}.{name}"
+        _saved.setdefault(key, cls.__dict__[name])
+        setattr(cls, name, _saved[key] if on else off[name])
 
 
-async def worker(nodes: int, lookups: int, concurrency: int, seed: int) -> dict[str, float]:
+async def worker(
+    nodes: int, lookups: int, concurrency: int, seed: int, blocks: int = 0
+) -> dict[str, Any]:
+    """One network, one block of lookups; or with `blocks`, 2 x blocks of them, accounting on
+    and off in turn (ABBA), each block's figures under "blocks"."""
     import anyio
 
     from shardroute.clock import SystemClock
@@ -62,31 +93,86 @@ async def worker(nodes: int, lookups: int, concurrency: int, seed: int) -> dict[
             await crew.add([first.addr])
         await anyio.sleep(2.0)  # identify and table admission settle
         members = list(crew.members)
-        keys = [rng.randbytes(32) for _ in range(lookups)]
-        origins = [rng.choice(members) for _ in range(lookups)]
-        limiter = anyio.CapacityLimiter(concurrency)
-        answered = requests = 0
 
-        async def one(i: int) -> None:
-            nonlocal answered, requests
-            async with limiter:
-                report = await origins[i].app.dht.get_closest_peers(keys[i])
-                answered += len(report.peers) > 0
-                requests += report.requests
+        async def block() -> dict[str, float]:
+            keys = [rng.randbytes(32) for _ in range(lookups)]
+            origins = [rng.choice(members) for _ in range(lookups)]
+            limiter = anyio.CapacityLimiter(concurrency)
+            answered = requests = 0
 
-        cpu, wall = cpu_seconds(), time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for i in range(lookups):
-                tg.start_soon(one, i)
-        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+            async def one(i: int) -> None:
+                nonlocal answered, requests
+                async with limiter:
+                    report = await origins[i].app.dht.get_closest_peers(keys[i])
+                    answered += len(report.peers) > 0
+                    requests += report.requests
+
+            cpu, wall = cpu_seconds(), time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for i in range(lookups):
+                    tg.start_soon(one, i)
+            wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+            return {
+                "lookups_per_s": lookups / wall,
+                "cpu_ms_per_lookup": 1000 * cpu / lookups,
+                "requests_per_s": requests / wall,
+                "cpu_ms_per_request": 1000 * cpu / requests,
+                "answered": answered / lookups,
+            }
+
+        if not blocks:
+            result: dict[str, Any] = await block()
+        else:
+            result = {"blocks": []}
+            await block()  # warm-up: the caches fill, the first pair would not be alike
+            for i in range(2 * blocks):
+                on = i % 4 in (0, 3)
+                set_accounting(on)
+                result["blocks"].append({"accounting": on, **await block()})
+            set_accounting(True)
         await crew.close()
-    return {
-        "lookups_per_s": lookups / wall,
-        "cpu_ms_per_lookup": 1000 * cpu / lookups,
-        "requests_per_s": requests / wall,
-        "cpu_ms_per_request": 1000 * cpu / requests,
-        "answered": answered / lookups,
-    }
+    return result
+
+
+def report_blocks(args: argparse.Namespace, blocks: list[dict[str, Any]]) -> str:
+    """The interleaved run as a docs/benchmarks.md section: each pair of blocks compared."""
+    with_ = [b for b in blocks if b["accounting"]]
+    without = [b for b in blocks if not b["accounting"]]
+    gains = [
+        b["requests_per_s"] / a["requests_per_s"] - 1 for a, b in zip(with_, without, strict=True)
+    ]
+    cpu = [
+        1 - b["cpu_ms_per_request"] / a["cpu_ms_per_request"]
+        for a, b in zip(with_, without, strict=True)
+    ]
+    rows = [
+        f"| {i + 1} | {a['requests_per_s']:.0f} | {b['requests_per_s']:.0f} | {100 * g:+.1f} % "
+        f"| {a['cpu_ms_per_request']:.3f} | {b['cpu_ms_per_request']:.3f} | {100 * c:+.1f} % |"
+        for i, (a, b, g, c) in enumerate(zip(with_, without, gains, cpu, strict=True))
+    ]
+    total = sum(b["requests_per_s"] for b in without) / sum(a["requests_per_s"] for a in with_)
+    return (
+        f"Script: `bench/bench_lookups.py --accounting-blocks {args.accounting_blocks}`. One "
+        f"network of {args.nodes} nodes in one process over TCP on 127.0.0.1 (tree "
+        f"{commit_of_here()}); {2 * args.accounting_blocks} blocks of {args.lookups} "
+        f"`get_closest_peers` lookups, {args.concurrency} at a time, with and without "
+        "accounting in the order with, without, without, with, ..., after a warm-up block; without, the stream and "
+        "memory budgets and the kad rate limits always grant. Pair i is the i-th block with "
+        "and the i-th without.\n\n"
+        "| pair | requests/s with | without | throughput gain without | CPU ms/request with "
+        "| without | CPU saved without |\n|---|---|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + f"\n\nMedian gain in throughput without accounting: "
+        f"{100 * statistics.median(gains):+.1f} % (all blocks: {100 * (total - 1):+.1f} %); "
+        f"median CPU per request saved: {100 * statistics.median(cpu):+.1f} %; answered: "
+        f"{min(b['answered'] for b in blocks):.0%} in the worst block.\n"
+    )
+
+
+def commit_of_here() -> str:
+    from bench.common import commit_of
+
+    return commit_of(ROOT)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,6 +190,13 @@ def main(argv: list[str] | None = None) -> None:
         metavar="LABEL",
         help="run that tree with stream, memory and rate budgets always granting",
     )
+    p.add_argument(
+        "--accounting-blocks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="one network of this tree, N blocks with accounting and N without, in turn",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-accounting", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--write", default="", help="write the table as this docs/benchmarks.md section")
@@ -113,11 +206,35 @@ def main(argv: list[str] | None = None) -> None:
         import anyio
 
         if args.no_accounting:
-            without_accounting()
-        result = anyio.run(worker, args.nodes, args.lookups, args.concurrency, args.seed)
+            set_accounting(False)
+        result = anyio.run(
+            worker, args.nodes, args.lookups, args.concurrency, args.seed, args.accounting_blocks
+        )
         print(json.dumps(result))
         return
     sys.path.insert(0, str(ROOT))
+    if args.accounting_blocks:
+        from bench.common import run_in_tree, write_section
+
+        result = run_in_tree(
+            Path(__file__).resolve(),
+            ROOT,
+            [
+                f"--{k.replace('_', '-')}={getattr(args, k)}"
+                for k in ("nodes", "lookups", "concurrency", "seed", "accounting_blocks")
+            ],
+            timeout=3600,
+        )
+        blocks: list[dict[str, Any]] = result["blocks"]  # type: ignore[assignment]
+        for block in blocks:
+            print(json.dumps(block), flush=True)
+        body = report_blocks(args, blocks)
+        if args.note:
+            body += f"\n{args.note}\n"
+        print(body)
+        if args.write:
+            write_section(args.write, body)
+        return
     from bench.common import commit_of, parse_trees, run_in_tree, write_section
 
     trees = parse_trees(args.tree)
