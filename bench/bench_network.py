@@ -2,7 +2,8 @@
 drive them, for shardroute, go-libp2p-kad-dht and js-libp2p kad-dht in one invocation.
 
     .venv/bin/python bench/bench_network.py [--nodes 32] [--provides 160] [--finds 50]
-        [--concurrency 4] [--impls shardroute,go,js] [--markdown] [--write] [--profile]
+        [--concurrency 4] [--impls shardroute,go,js] [--rounds 1] [--markdown] [--write]
+        [--profile]
 
 shardroute: N `shardroute serve` processes (own data dir, gRPC port, libp2p port, metrics
 off), the first the bootstrap peer of the others; provides are `announce --wait` (the
@@ -260,6 +261,57 @@ def ratios(results: list[Result]) -> str:
                 "n/a" if not base[key] or base[key] != base[key] else f"{mine / base[key]:.2f}x"
             )
         rows.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def pooled(rounds: list[Result]) -> Result:
+    """One implementation's rounds as one result: every operation's latency in the pool, CPU,
+    walls and joins the mean of the rounds, peak RSS the highest and the median of medians."""
+    if len(rounds) == 1:
+        return rounds[0]
+    n = len(rounds)
+    return Result(
+        impl=rounds[0].impl,
+        nodes=rounds[0].nodes,
+        join_wall=statistics.mean(r.join_wall for r in rounds),
+        join_node_p50=statistics.median(r.join_node_p50 for r in rounds),
+        join_node_max=max(r.join_node_max for r in rounds),
+        provides=[o for r in rounds for o in r.provides],
+        finds=[o for r in rounds for o in r.finds],
+        provide_wall=sum(r.provide_wall for r in rounds) / n,
+        find_wall=sum(r.find_wall for r in rounds) / n,
+        cpu_provide=sum(r.cpu_provide for r in rounds) / n,
+        cpu_find=sum(r.cpu_find for r in rounds) / n,
+        rss_max=max(r.rss_max for r in rounds),
+        rss_median=statistics.median(r.rss_median for r in rounds),
+        redials=sum(r.redials for r in rounds),
+    )
+
+
+def round_ratios(rounds: list[list[Result]]) -> str:
+    """Each round's ratios to that round's go, and their median and range."""
+    if len(rounds) < 2 or not any(r.impl == "go" for r in rounds[0]):
+        return ""
+    others = [r.impl for r in rounds[0] if r.impl != "go"]
+    keys = ("provide p50 ms", "provide p95 ms", "find p50 ms", "find p95 ms", "CPU s (work)")
+    rows = [
+        "| ratio to go, per round | "
+        + " | ".join(f"round {i + 1}" for i in range(len(rounds)))
+        + " | median | range |",
+        "|---|" + "---|" * (len(rounds) + 2),
+    ]
+    for impl in others:
+        for key in keys:
+            values = []
+            for results in rounds:
+                go = next(r for r in results if r.impl == "go").figures()[key]
+                mine = next(r for r in results if r.impl == impl).figures()[key]
+                values.append(mine / go if go else float("nan"))
+            rows.append(
+                f"| {impl} {key} | "
+                + " | ".join(f"{v:.2f}x" for v in values)
+                + f" | {statistics.median(values):.2f}x | {min(values):.2f}x to {max(values):.2f}x |"
+            )
     return "\n".join(rows)
 
 
@@ -710,7 +762,12 @@ def loadavg() -> str:
 
 
 def markdown(
-    results: list[Result], args: argparse.Namespace, profile: str, argv: list[str], load: str
+    results: list[Result],
+    args: argparse.Namespace,
+    profile: str,
+    argv: list[str],
+    load: str,
+    per_round: str = "",
 ) -> str:
     model, cpus = machine()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -743,10 +800,12 @@ returned), {args.concurrency} nodes starting at a time. A go or js peer whose ta
 empty {REDIAL_AFTER:.0f} s after the dial hangs up and dials again ("join redials": js admits
 a new contact only if one ping to it answers within its adaptive timeout).
 
-{table(results)}
+{pooled_line(args.rounds)}{table(results)}
 
 {ratios(results)}
 """
+    if per_round:
+        body += f"\n{per_round}\n"
     if args.nodes <= 20:
         body += (
             f"\nWith {args.nodes} nodes every node is among a CID's 20 closest: a provide reaches"
@@ -758,6 +817,16 @@ a new contact only if one ping to it answers within its adaptive timeout).
     if profile:
         body += f"\n### Where a shardroute node's time goes during the provides\n\n{profile}\n"
     return body
+
+
+def pooled_line(rounds: int) -> str:
+    if rounds < 2:
+        return ""
+    return (
+        f"{rounds} rounds, each implementation in turn on a fresh network per round; the table "
+        "pools them: latencies over all rounds' operations, CPU, walls and join times the mean "
+        "per round, peak RSS the highest (max) and the median of the rounds' medians.\n\n"
+    )
 
 
 def write_doc(section: str) -> None:
@@ -785,6 +854,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated, run in this order")
     p.add_argument("--seed", type=int, default=16, help="of the plan: CIDs and node choices")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every implementation this many times in turn (runs differ by 20 %% and more)",
+    )
     p.add_argument("--settle", type=float, default=3.0, help="seconds between joined and the work")
     p.add_argument("--op-timeout", type=float, default=30.0, help="deadline of one provide or find")
     p.add_argument("--start-timeout", type=float, default=60.0, help="spawn to listening, per node")
@@ -814,6 +889,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         p.error(f"--impls: unknown {unknown}; choose from {','.join(IMPLS)}")
     if args.concurrency < 1 or args.concurrency > args.nodes:
         p.error("--concurrency must be between 1 and --nodes")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     if args.profile and "shardroute" not in args.impls:
         p.error("--profile samples a shardroute node: add shardroute to --impls")
     return args
@@ -831,13 +908,19 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     root = Path(tempfile.mkdtemp(prefix="shardroute-bench-network-"))
-    results: list[Result] = []
+    rounds: list[list[Result]] = []
     profile = ""
     try:
-        for impl in args.impls:
-            result, prof = run_impl(impl, plan, args, root)
-            results.append(result)
-            profile = profile or prof
+        for r in range(args.rounds):
+            if args.rounds > 1:
+                log(f"round {r + 1} of {args.rounds}")
+            rounds.append([])
+            (root / f"round-{r + 1}").mkdir()
+            for impl in args.impls:
+                # A fresh directory per round: each round's networks start from nothing.
+                result, prof = run_impl(impl, plan, args, root / f"round-{r + 1}")
+                rounds[-1].append(result)
+                profile = profile or prof
     except NodeFailure as exc:
         log(f"FAILED: {exc}")
         return 1
@@ -849,16 +932,20 @@ def main(argv: list[str]) -> int:
             log(f"data dirs and logs kept in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+    results = [pooled([rnd[i] for rnd in rounds]) for i in range(len(args.impls))]
+    per_round = round_ratios(rounds)
     print(table(results))
     print()
     print(ratios(results))
+    if per_round:
+        print("\n" + per_round)
     errs = failures(results)
     if errs:
         print("\nfailed operations:\n" + errs)
     if profile:
         print("\n" + profile)
     if args.markdown or args.write:
-        section = markdown(results, args, profile, argv, load)
+        section = markdown(results, args, profile, argv, load, per_round)
         if args.markdown:
             print("\n" + section)
         if args.write:
