@@ -174,13 +174,15 @@ class Result:
     rss_max: float
     rss_median: float
     redials: int  # go/js: joins that hung up on the seed and dialed again
+    rounds: int = 1  # pooled rounds: the CPU fields are their sums
 
     def ok_ms(self, outcomes: list[Outcome]) -> list[float]:
         return [o.seconds * 1000 for o in outcomes if o.ok]
 
     @property
     def cpu_work(self) -> float:
-        return self.cpu_provide + self.cpu_find
+        """Per round."""
+        return (self.cpu_provide + self.cpu_find) / self.rounds
 
     def figures(self) -> dict[str, float]:
         p, f = self.ok_ms(self.provides), self.ok_ms(self.finds)
@@ -265,8 +267,9 @@ def ratios(results: list[Result]) -> str:
 
 
 def pooled(rounds: list[Result]) -> Result:
-    """One implementation's rounds as one result: every operation's latency in the pool, CPU,
-    walls and joins the mean of the rounds, peak RSS the highest and the median of medians."""
+    """One implementation's rounds as one result: every operation's latency in the pool, CPU
+    per round and per operation, walls and joins the mean of the rounds, peak RSS the highest
+    and the median of medians."""
     if len(rounds) == 1:
         return rounds[0]
     n = len(rounds)
@@ -280,11 +283,12 @@ def pooled(rounds: list[Result]) -> Result:
         finds=[o for r in rounds for o in r.finds],
         provide_wall=sum(r.provide_wall for r in rounds) / n,
         find_wall=sum(r.find_wall for r in rounds) / n,
-        cpu_provide=sum(r.cpu_provide for r in rounds) / n,
-        cpu_find=sum(r.cpu_find for r in rounds) / n,
+        cpu_provide=sum(r.cpu_provide for r in rounds),
+        cpu_find=sum(r.cpu_find for r in rounds),
         rss_max=max(r.rss_max for r in rounds),
         rss_median=statistics.median(r.rss_median for r in rounds),
         redials=sum(r.redials for r in rounds),
+        rounds=n,
     )
 
 
