@@ -158,14 +158,6 @@ class ApiAccess:
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         return [] if self.token is None else [TokenInterceptor(self.token)]
 
-    def authorized(self, header: str | None) -> bool:
-        """Whether an HTTP-style `Authorization` header value passes (the routing API's check)."""
-        if self.token is None:
-            return True
-        return header is not None and hmac.compare_digest(
-            header.encode(), f"Bearer {self.token}".encode()
-        )
-
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, token: str) -> None:
