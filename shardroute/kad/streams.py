@@ -343,6 +343,7 @@ def make_server_handler(
         sender = stream.remote_peer
         reader = LengthPrefixedReader(limits.KAD_MAX_MESSAGE)
         pending: KadMessage | None = None  # read ahead past a run of ADD_PROVIDERs
+        serving: MessageType | None = None  # the request being handled or answered
         try:
             while True:
                 if pending is None:
@@ -366,6 +367,7 @@ def make_server_handler(
                         pending = following
                         break
                     batch.append(following)
+                serving = request.type
                 try:
                     if request.type is MessageType.ADD_PROVIDER:
                         with anyio.fail_after(limits.KAD_HANDLE_TIMEOUT):
@@ -395,6 +397,7 @@ def make_server_handler(
                         frame(encode_message(reply)),
                         deadline=anyio.current_time() + limits.WRITE_TIMEOUT,
                     )
+                serving = None
         except RequestRefused as exc:
             log.debug("refusing DHT request from %s: %s", sender, exc)
             await stream.reset()
@@ -411,6 +414,11 @@ def make_server_handler(
                 metrics.bad_message(reason)
             await stream.reset()
         except TimeoutError:
+            # The handle deadline or the reply's write deadline (a reader that stalls between
+            # requests is the stream's own business, not counted).
+            if serving is not None:
+                log.debug("%s from %s passed its deadline", serving.name, sender)
+                counted(serving, "timeout")
             await stream.reset()
         except (
             ConnectionClosed,

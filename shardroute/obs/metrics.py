@@ -140,7 +140,8 @@ class Metrics:
         )
         self.dht_requests_received_total = Counter(
             "shardroute_dht_requests_received_total",
-            "DHT requests this node answered, by message type and result (ok, rejected).",
+            "DHT requests this node answered, by message type and result (ok, rejected, timeout: "
+            "past the handle or reply-write deadline).",
             ["type", "result"],
             registry=r,
         )
@@ -299,7 +300,7 @@ class Metrics:
         for kind in MESSAGE_TYPES:
             for result in ("ok", "error"):
                 self.dht_requests_sent_total.labels(kind, result)
-            for result in ("ok", "rejected"):
+            for result in ("ok", "rejected", "timeout"):
                 self.dht_requests_received_total.labels(kind, result)
         for method in GRPC_METHODS:
             self.grpc_requests_total.labels(method, "OK")

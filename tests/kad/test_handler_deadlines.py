@@ -1,6 +1,7 @@
 """The DHT server's handle deadline over real streams: a request whose handling takes longer
-than `KAD_HANDLE_TIMEOUT` (a store that hangs) is cut, its stream reset, and the connection
-goes on serving."""
+than `KAD_HANDLE_TIMEOUT` (a store that hangs) is cut, its stream reset and counted
+(`shardroute_dht_requests_received_total{result="timeout"}`), and the connection goes on
+serving."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from shardroute.kad.messages import (
     decode_message,
     encode_message,
 )
+from shardroute.obs.metrics import Metrics
 from shardroute.protocol.varint import LengthPrefixedReader, frame
 from tests.support.nodes import address, loopback_app
 from tests.support.records import pk_record
@@ -58,6 +60,13 @@ def stall(target: App, kind: MessageType, monkeypatch: pytest.MonkeyPatch) -> St
     return hang
 
 
+def timed_out(metrics: Metrics, kind: MessageType) -> float:
+    value = metrics.registry.get_sample_value(
+        "shardroute_dht_requests_received_total", {"type": kind.name, "result": "timeout"}
+    )
+    return value or 0.0
+
+
 def request(kind: MessageType, sender: App) -> KadMessage:
     if kind is MessageType.ADD_PROVIDER:
         me = PeerInfo(sender.peer_id, tuple(sender.host.listen_addrs))
@@ -74,7 +83,8 @@ async def test_a_handler_that_takes_too_long_is_cut_and_the_connection_kept(
     monkeypatch: pytest.MonkeyPatch, kind: MessageType
 ) -> None:
     monkeypatch.setattr(limits, "KAD_HANDLE_TIMEOUT", DEADLINE)
-    async with loopback_app() as target, loopback_app() as sender:
+    metrics = Metrics()
+    async with loopback_app(metrics=metrics) as target, loopback_app() as sender:
         await sender.node.connect(address(target))
         conn = sender.host.connection(target.peer_id)
         assert conn is not None
@@ -91,6 +101,7 @@ async def test_a_handler_that_takes_too_long_is_cut_and_the_connection_kept(
                 await stream.receive()
         assert anyio.current_time() - started >= DEADLINE * 0.9
         assert hang.cancelled  # the handler was cut, not left running
+        assert timed_out(metrics, kind) == 1  # and counted, for the operator
         # the connection is kept and serves the next request
         assert sender.host.connection(target.peer_id) is conn and not conn.closed
         fresh = await sender.host.new_stream(target.peer_id, [protocol])
@@ -134,7 +145,8 @@ async def test_an_answer_the_peer_never_reads_is_cut_at_the_write_deadline(
     full, the server's write waits, and at `WRITE_TIMEOUT` the stream is reset (the serving
     task does not wait forever), while the connection goes on."""
     monkeypatch.setattr(limits, "WRITE_TIMEOUT", DEADLINE)
-    async with loopback_app() as target, loopback_app() as sender:
+    metrics = Metrics()
+    async with loopback_app(metrics=metrics) as target, loopback_app() as sender:
         await sender.node.connect(address(target))
         conn = sender.host.connection(target.peer_id)
         assert conn is not None
@@ -154,6 +166,7 @@ async def test_an_answer_the_peer_never_reads_is_cut_at_the_write_deadline(
                 while reader.next_message() is not None:
                     answered += 1
         assert 0 < answered < count
+        assert timed_out(metrics, MessageType.GET_VALUE) == 1
         assert sender.host.connection(target.peer_id) is conn and not conn.closed
         report = await sender.dht.get_closest_peers(b"still serving")
         assert [p.peer_id for p in report.peers] == [target.peer_id]
