@@ -84,23 +84,21 @@ class _Batch:
             self.peer_records[provider_id] = count
         keys = list(dict.fromkeys(r.key for r in records))
         self.keys = {key: _KeyRecords() for key in keys}
-        # execute_fetchall: one hop to the database thread each (a cursor's `async for`
-        # takes three or more, and a batch is often a single record)
-        held = await self.conn.execute_fetchall(
+        async with self.conn.execute(
             "SELECT key, provider_id, expires_at, source_group FROM provider_records "
             f"WHERE key IN ({_marks(len(keys))})",
             keys,
-        )
-        for key, provider_id, expires_at, group in held:
-            self.keys[key].held[provider_id] = (expires_at, group)
+        ) as cursor:
+            async for key, provider_id, expires_at, group in cursor:
+                self.keys[key].held[provider_id] = (expires_at, group)
         wanted = list(dict.fromkeys(groups))
         if wanted:
-            counted = await self.conn.execute_fetchall(
+            async with self.conn.execute(
                 f"SELECT grp, records FROM provider_groups WHERE grp IN ({_marks(len(wanted))})",
                 wanted,
-            )
-            for grp, count in counted:
-                self.groups[grp] = count
+            ) as cursor:
+                async for grp, count in cursor:
+                    self.groups[grp] = count
 
     def store(self, record: ProviderRecord, group: str | None) -> None:
         """Queue the upsert and count it as the triggers will (a new row only)."""
