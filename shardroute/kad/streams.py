@@ -343,7 +343,7 @@ def make_server_handler(
         sender = stream.remote_peer
         reader = LengthPrefixedReader(limits.KAD_MAX_MESSAGE)
         pending: KadMessage | None = None  # read ahead past a run of ADD_PROVIDERs
-        serving: MessageType | None = None  # the request being handled or answered
+        serving: tuple[MessageType, int] | None = None  # requests being handled or answered
         try:
             while True:
                 if pending is None:
@@ -367,7 +367,7 @@ def make_server_handler(
                         pending = following
                         break
                     batch.append(following)
-                serving = request.type
+                serving = (request.type, len(batch))
                 try:
                     if request.type is MessageType.ADD_PROVIDER:
                         with anyio.fail_after(limits.KAD_HANDLE_TIMEOUT):
@@ -417,8 +417,9 @@ def make_server_handler(
             # The handle deadline or the reply's write deadline (a reader that stalls between
             # requests is the stream's own business, not counted).
             if serving is not None:
-                log.debug("%s from %s passed its deadline", serving.name, sender)
-                counted(serving, "timeout")
+                kind, n = serving
+                log.debug("%d %s from %s passed the deadline", n, kind.name, sender)
+                counted(kind, "timeout", n)
             await stream.reset()
         except (
             ConnectionClosed,
