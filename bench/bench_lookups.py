@@ -52,7 +52,10 @@ ACCOUNTED = (
 )
 
 
-def set_accounting(on: bool, _saved: dict[str, object] = {}) -> None:  # noqa: B006
+_ORIGINALS: dict[str, object] = {}  # the accounting methods as the node defines them
+
+
+def set_accounting(on: bool) -> None:
     """What resource accounting costs, measured by taking it away: off, stream and memory
     budgets and the kad rate limits always grant (a benchmark's patch; the node has no such
     switch). Memory grown while on and shrunk while off stays counted: a few frames per turn."""
@@ -73,8 +76,8 @@ def set_accounting(on: bool, _saved: dict[str, object] = {}) -> None:  # noqa: B
     for module, cls_name, name in ACCOUNTED:
         cls = getattr(importlib.import_module(module), cls_name)
         key = f"{cls_name}.{name}"
-        _saved.setdefault(key, cls.__dict__[name])
-        setattr(cls, name, _saved[key] if on else off[name])
+        _ORIGINALS.setdefault(key, cls.__dict__[name])
+        setattr(cls, name, _ORIGINALS[key] if on else off[name])
 
 
 @contextmanager
@@ -148,6 +151,7 @@ async def worker(
                 "requests_per_s": requests / wall,
                 "cpu_ms_per_request": 1000 * cpu / requests,
                 "answered": answered / lookups,
+                "requests": requests,
             }
 
         if not blocks:
@@ -158,10 +162,9 @@ async def worker(
             # accounting call as it goes: an upper bound (timer included) that no drift blurs.
             with timed_accounting() as spent:
                 warm = await block()
-            requests = warm["lookups_per_s"] and warm["requests_per_s"] / warm["lookups_per_s"]
             result["timed"] = {
-                "calls_per_request": spent["calls"] / (requests * lookups),
-                "us_per_request": spent["ns"] / 1000 / (requests * lookups),
+                "calls_per_request": spent["calls"] / warm["requests"],
+                "us_per_request": spent["ns"] / 1000 / warm["requests"],
                 "cpu_us_per_request": 1000 * warm["cpu_ms_per_request"],
             }
             for i in range(2 * blocks):
