@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from shardroute import __version__
 from shardroute.cli.client_commands import add_client_commands, run_client_command
-from shardroute.cli.outcome import EXIT_TABLE, CliError, Exit, report
+from shardroute.cli.outcome import EXIT_TABLE, SERVE_EXIT_TABLE, CliError, Exit, report
 from shardroute.config import Settings
 from shardroute.errors import ShardrouteError
 
@@ -35,6 +35,7 @@ def _serve_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         help="run a node",
         description="Run a shardroute node until SIGINT or SIGTERM. Every option can also be "
         "set as SHARDROUTE_<NAME> in the environment or in the --config file.",
+        epilog=SERVE_EXIT_TABLE,
     )
     d = DEFAULTS
     serve.add_argument(

@@ -24,6 +24,12 @@ EXIT_TABLE = (
     "3 the node is unreachable; 4 nothing found; 5 timed out"
 )
 
+SERVE_EXIT_TABLE = (
+    "exit codes: 0 stopped by SIGINT or SIGTERM; 1 did not start or stopped on an error (one "
+    "line on stderr says why: a setting, the data folder, its database, a port, the API's "
+    "credentials); 2 bad command line"
+)
+
 _BY_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: Exit.USAGE,
     grpc.StatusCode.NOT_FOUND: Exit.NOT_FOUND,

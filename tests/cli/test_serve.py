@@ -173,3 +173,26 @@ def test_db_upgrade_migrates_an_old_database_and_refuses_what_it_cannot_use(
     assert result.returncode == 1 and "not a database" in result.stderr
     assert "Traceback" not in result.stderr
     assert junk.read_bytes() == b"these are not the bytes of a SQLite file" * 100
+
+
+def test_serve_help_names_its_exit_codes_and_serve_keeps_to_them(tmp_path: Path) -> None:
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*SHARDROUTE, "serve", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**ENV, **env},
+        )
+
+    helped = run("--help")
+    assert helped.returncode == 0
+    assert "0 stopped by SIGINT or SIGTERM" in " ".join(helped.stdout.split())
+    bad_flag = run("--no-such-flag")
+    assert bad_flag.returncode == 2 and "--no-such-flag" in bad_flag.stderr
+    bad_setting = run(
+        "--data-dir", str(tmp_path), "--grpc", "127.0.0.1:0", SHARDROUTE_REPUBLISH_INTERVAL="abc"
+    )
+    assert bad_setting.returncode == 1
+    assert bad_setting.stderr.count("\n") == 1 and "republish_interval" in bad_setting.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything was written
