@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
+from shardroute import limits
 from shardroute.addrs import ip_group
 from shardroute.content import ContentId
 from shardroute.identity.peer_id import PeerId
@@ -153,7 +154,15 @@ async def test_a_connection_flood_from_one_host_leaves_honest_peers_served(
     during = await anyio.to_thread.run_sync(tell, attack, log, "report")
     print("attacker during the honest work:", json.dumps(during))
     for kind in ATTACK:
-        assert during[kind]["begun_since_mark"] > 0, (kind, json.dumps(during))
+        assert during[kind]["held_since_mark"] > 0, (kind, json.dumps(during))
+    assert during["connection_open"], during
+    # Sockets over budget are dropped at once and opened again, but a stalled stream lasts
+    # until the negotiation deadline, which the honest work may finish inside (seen once:
+    # 256 streams held throughout, none begun again). Wait for that round, bounded.
+    with anyio.fail_after(limits.STREAM_NEGOTIATION_TIMEOUT + 15):
+        while not all(during[kind]["begun_since_mark"] > 0 for kind in ATTACK):
+            await anyio.sleep(1)
+            during = await anyio.to_thread.run_sync(tell, attack, log, "report")
     assert during["connection_open"], during
 
     metrics = await anyio.to_thread.run_sync(scrape, v_host)
