@@ -52,15 +52,22 @@ ACCOUNTED = (
 )
 
 
-_ORIGINALS: dict[str, object] = {}  # the accounting methods as the node defines them
+def accounted_methods() -> Iterator[tuple[type, str, Any]]:
+    """(class, method name, the method as the node defines it) for each of ACCOUNTED."""
+    import importlib
+
+    for module, cls_name, name in ACCOUNTED:
+        cls = getattr(importlib.import_module(module), cls_name)
+        yield cls, name, _ORIGINALS.setdefault(f"{cls_name}.{name}", cls.__dict__[name])
+
+
+_ORIGINALS: dict[str, Any] = {}  # filled on first use, before any patch
 
 
 def set_accounting(on: bool) -> None:
     """What resource accounting costs, measured by taking it away: off, stream and memory
     budgets and the kad rate limits always grant (a benchmark's patch; the node has no such
     switch). Memory grown while on and shrunk while off stays counted: a few frames per turn."""
-    import importlib
-
     from shardroute.net.resources import Reservation
 
     def granted(*args: object, **kwargs: object) -> Reservation:
@@ -73,39 +80,29 @@ def set_accounting(on: bool) -> None:
         "shrink_memory": lambda self, peer, n: None,
         "allow": lambda self, peer, kind: True,
     }
-    for module, cls_name, name in ACCOUNTED:
-        cls = getattr(importlib.import_module(module), cls_name)
-        key = f"{cls_name}.{name}"
-        _ORIGINALS.setdefault(key, cls.__dict__[name])
-        setattr(cls, name, _ORIGINALS[key] if on else off[name])
+    for cls, name, original in accounted_methods():
+        setattr(cls, name, original if on else off[name])
 
 
 @contextmanager
-def timed_accounting() -> Iterator[dict[str, int]]:
-    """Every accounting call counted and timed (perf_counter_ns) while inside."""
-    import importlib
+def timed_accounting() -> Iterator[dict[str, list[int]]]:
+    """Every accounting call timed (perf_counter_ns) while inside, by method name."""
+    spent: dict[str, list[int]] = {}
+    for cls, name, original in accounted_methods():
+        times = spent.setdefault(name, [])
 
-    spent = {"calls": 0, "ns": 0}
-    originals = []
-    for module, cls_name, name in ACCOUNTED:
-        cls = getattr(importlib.import_module(module), cls_name)
-        original = cls.__dict__[name]
-        originals.append((cls, name, original))
-
-        def timed(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+        def timed(*args: Any, _original: Any = original, _times: Any = times, **kw: Any) -> Any:
             started = time.perf_counter_ns()
             try:
-                return _original(*args, **kwargs)
+                return _original(*args, **kw)
             finally:
-                spent["ns"] += time.perf_counter_ns() - started
-                spent["calls"] += 1
+                _times.append(time.perf_counter_ns() - started)
 
         setattr(cls, name, timed)
     try:
         yield spent
     finally:
-        for cls, name, original in originals:
-            setattr(cls, name, original)
+        set_accounting(True)
 
 
 async def worker(
@@ -163,8 +160,11 @@ async def worker(
             with timed_accounting() as spent:
                 warm = await block()
             result["timed"] = {
-                "calls_per_request": spent["calls"] / warm["requests"],
-                "us_per_request": spent["ns"] / 1000 / warm["requests"],
+                "calls_per_request": sum(map(len, spent.values())) / warm["requests"],
+                "us_per_request": sum(map(sum, spent.values())) / 1000 / warm["requests"],
+                "median_us": {
+                    name: statistics.median(ns) / 1000 for name, ns in spent.items() if ns
+                },
                 "cpu_us_per_request": 1000 * warm["cpu_ms_per_request"],
             }
             for i in range(2 * blocks):
@@ -177,9 +177,11 @@ async def worker(
 
 
 def report_blocks(
-    args: argparse.Namespace, blocks: list[dict[str, Any]], timed: dict[str, float]
+    args: argparse.Namespace, blocks: list[dict[str, Any]], timed: dict[str, Any]
 ) -> str:
     """The interleaved run as a docs/benchmarks.md section: each pair of blocks compared."""
+    from bench.common import commit_of
+
     with_ = [b for b in blocks if b["accounting"]]
     without = [b for b in blocks if not b["accounting"]]
     gains = [
@@ -198,7 +200,7 @@ def report_blocks(
     return (
         f"Script: `bench/bench_lookups.py --accounting-blocks {args.accounting_blocks}`. One "
         f"network of {args.nodes} nodes in one process over TCP on 127.0.0.1 (tree "
-        f"{commit_of_here()}); {2 * args.accounting_blocks} blocks of {args.lookups} "
+        f"{commit_of(ROOT)}); {2 * args.accounting_blocks} blocks of {args.lookups} "
         f"`get_closest_peers` lookups, {args.concurrency} at a time, with and without "
         "accounting in the order with, without, without, with, ..., after a warm-up block; without, the stream and "
         "memory budgets and the kad rate limits always grant. Pair i is the i-th block with "
@@ -214,14 +216,10 @@ def report_blocks(
         f"request took {timed['us_per_request']:.1f} us of the "
         f"{timed['cpu_us_per_request']:.0f} us of CPU a request costs "
         f"({100 * timed['us_per_request'] / timed['cpu_us_per_request']:.1f} %, the timer "
-        "included).\n"
+        "included). Per call, medians in place: "
+        + ", ".join(f"`{name}` {us:.1f} us" for name, us in timed["median_us"].items())
+        + ".\n"
     )
-
-
-def commit_of_here() -> str:
-    from bench.common import commit_of
-
-    return commit_of(ROOT)
 
 
 def main(argv: list[str] | None = None) -> None:
