@@ -272,7 +272,6 @@ def pooled(rounds: list[Result]) -> Result:
     and the median of medians."""
     if len(rounds) == 1:
         return rounds[0]
-    n = len(rounds)
     return Result(
         impl=rounds[0].impl,
         nodes=rounds[0].nodes,
@@ -281,14 +280,14 @@ def pooled(rounds: list[Result]) -> Result:
         join_node_max=max(r.join_node_max for r in rounds),
         provides=[o for r in rounds for o in r.provides],
         finds=[o for r in rounds for o in r.finds],
-        provide_wall=sum(r.provide_wall for r in rounds) / n,
-        find_wall=sum(r.find_wall for r in rounds) / n,
+        provide_wall=statistics.mean(r.provide_wall for r in rounds),
+        find_wall=statistics.mean(r.find_wall for r in rounds),
         cpu_provide=sum(r.cpu_provide for r in rounds),
         cpu_find=sum(r.cpu_find for r in rounds),
         rss_max=max(r.rss_max for r in rounds),
         rss_median=statistics.median(r.rss_median for r in rounds),
         redials=sum(r.redials for r in rounds),
-        rounds=n,
+        rounds=len(rounds),
     )
 
 
