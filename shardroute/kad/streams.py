@@ -346,6 +346,7 @@ def make_server_handler(
         serving: tuple[MessageType, int] | None = None  # requests being handled or answered
         try:
             while True:
+                serving = None
                 if pending is None:
                     body = await _read_request(stream, reader)
                     if body is None:
@@ -397,7 +398,6 @@ def make_server_handler(
                         frame(encode_message(reply)),
                         deadline=anyio.current_time() + limits.WRITE_TIMEOUT,
                     )
-                serving = None
         except RequestRefused as exc:
             log.debug("refusing DHT request from %s: %s", sender, exc)
             await stream.reset()
