@@ -24,6 +24,7 @@ with, without, without, with, ... (drift falls on both), and compares each pair 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import resource
@@ -133,6 +134,7 @@ async def worker(
                     (ms.resource_refusals_total, lambda labels: True),
                     (ms.dht_requests_received_total, lambda labels: labels["result"] != "ok"),
                     (ms.dht_requests_sent_total, lambda labels: labels["result"] != "ok"),
+                    (ms.kad_streams_total, lambda labels: True),
                 ):
                     for metric in counter.collect():
                         for sample in metric.samples:
@@ -144,6 +146,16 @@ async def worker(
                                 key = sample.name + str(sorted(sample.labels.values()))
                                 totals[key] = totals.get(key, 0) + sample.value
             return totals
+
+        gc_spent = [0.0, 0.0]  # seconds in the collector so far; when the running one began
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                gc_spent[1] = time.perf_counter()
+            else:
+                gc_spent[0] += time.perf_counter() - gc_spent[1]
+
+        gc.callbacks.append(on_gc)
 
         def new_work() -> tuple[list[bytes], list[Any]]:
             """Random keys, each from a random member."""
@@ -165,6 +177,7 @@ async def worker(
                     requests += report.requests
 
             refused = refusals()
+            gc_started = gc_spent[0]
             cpu, wall = cpu_seconds(), time.perf_counter()
             async with anyio.create_task_group() as tg:
                 for i in range(lookups):
@@ -178,6 +191,8 @@ async def worker(
                 "cpu_ms_per_request": 1000 * cpu / requests,
                 "answered": answered / lookups,
                 "requests": requests,
+                "gc_s": gc_spent[0] - gc_started,
+                "connections": sum(len(m.app.host.connections) for m in members),
                 "refused": {
                     k: v - refused.get(k, 0) for k, v in after.items() if v != refused.get(k, 0)
                 },
