@@ -179,9 +179,7 @@ def decode_message(body: bytes) -> KadMessage:
     if pb.HasField("record"):
         record = ValueRecord(pb.record.key, pb.record.value, pb.record.timeReceived)
     closer, dropped_closer, closer_over_cap = _peers(pb.closerPeers, MAX_CLOSER_PEERS)
-    providers, dropped_providers, providers_over_cap = _peers(
-        pb.providerPeers, MAX_PROVIDER_PEERS
-    )
+    providers, dropped_providers, providers_over_cap = _peers(pb.providerPeers, MAX_PROVIDER_PEERS)
     return KadMessage(
         type=kind,
         key=pb.key,

@@ -73,6 +73,7 @@ async def _resolve(
         out.append(addr)
         return
     import dns.exception
+
     if depth >= MAX_DEPTH:
         raise DnsaddrError(f"{addr}: more than {MAX_DEPTH} nested /dnsaddr/ levels")
     domain = str(parts[0][1])

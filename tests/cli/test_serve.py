@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import sqlite3
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from shardroute import limits
+from shardroute.cli.serve import tune_collector
 from shardroute.identity.keys import Ed25519PrivateKey
 from shardroute.identity.peer_id import PeerId
 from tests.support.peers import keyed_peer_id
@@ -196,3 +199,14 @@ def test_serve_help_names_its_exit_codes_and_serve_keeps_to_them(tmp_path: Path)
     assert bad_setting.returncode == 1
     assert bad_setting.stderr.count("\n") == 1 and "republish_interval" in bad_setting.stderr
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_a_node_process_collects_its_young_garbage_less_often_and_freezes_start_up() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_threshold() == (limits.GC_YOUNG_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
