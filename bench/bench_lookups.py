@@ -11,7 +11,8 @@ Each run is a child process with that tree first on its path: N whole nodes (`Ap
 on 127.0.0.1, the tree's own `tests.support.fleet`) join through the first, then run
 `get_closest_peers` for random keys from random nodes, `--concurrency` at a time. Throughput is
 requests (FIND_NODE round trips) per wall second, cost is CPU milliseconds per request (this
-process does both ends of every request); per lookup they vary with each run's fresh tables.
+process does both ends of every request; its garbage collector is set as `serve` sets its own,
+`cli.serve.tune_collector`, where the tree has it); per lookup they vary with each run's fresh tables.
 Trees run alternately, `--rounds` times each, so drift in the machine's load falls on both; the
 medians are compared.
 
@@ -124,6 +125,12 @@ async def worker(
             await crew.add([first.addr])
         await anyio.sleep(2.0)  # identify and table admission settle
         members = list(crew.members)
+        try:  # the collector as `serve` sets it, in trees that set it
+            from shardroute.cli.serve import tune_collector
+        except ImportError:
+            pass
+        else:
+            tune_collector()
 
         def refusals() -> dict[str, float]:
             """Work the members refused or failed so far, summed: what accounting may add."""
