@@ -173,7 +173,8 @@ class ProviderRouting(KadOperation):
         keys_by_peer: dict[PeerId, list[bytes]] = {}
         infos: dict[PeerId, PeerInfo] = {}
         if record_self:
-            await self._record_self(list(assignments), me)
+            # Soft, as at announce: the durable announcement is what a restart republishes from.
+            await self._record_self(list(assignments), me, durable=False)
         for key, peers in assignments.items():
             for info in peers:
                 infos[info.peer_id] = info

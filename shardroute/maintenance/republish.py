@@ -239,6 +239,11 @@ class Publisher:
             return {}
         assignments = await self._assign(positions)
         accepted = await self.dht.provide_assigned(assignments)
+        # Waiting announces hear as soon as peers took the records, not after the schedule's
+        # write: what they wait for has happened, and the announcement is already durable.
+        for waiting in list(self._waits):
+            if waiting.settle(accepted):
+                self._waits.remove(waiting)
         now = self.clock.wall()
         # The next slot after this pass's window, or the same shards would be taken again at
         # once; the gap stays under cycle + window < provider TTL.
@@ -253,9 +258,6 @@ class Publisher:
         await self.store.reschedule(schedule)
         ok = sum(1 for _, _, took in schedule if took)
         messages = sum(len(p) for p in assignments.values())
-        for waiting in list(self._waits):
-            if waiting.settle(accepted):
-                self._waits.remove(waiting)
         self.stats.shards += ok
         self.stats.failed += len(positions) - ok
         self.stats.messages += messages

@@ -61,10 +61,13 @@ class SqliteAnnouncementStore(Repository):
     @atomic
     async def reschedule(self, entries: Sequence[tuple[bytes, float, int]]) -> None:
         """(key, next publish time, peers that took the last round) for each shard; one
-        transaction. Shards withdrawn meanwhile stay withdrawn (no row to update)."""
+        transaction. Shards withdrawn meanwhile stay withdrawn (no row to update).
+
+        Soft (no fsync): a schedule lost to a machine crash leaves its shards due, and they are
+        published once more; the announcement itself was durable when it was acknowledged."""
         if not entries:
             return
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(durable=False) as conn:
             await conn.executemany(
                 "UPDATE announcements SET next_publish_at = ?, stored_on = ? WHERE key = ?",
                 [(next_at, stored_on, key) for key, next_at, stored_on in entries],
