@@ -102,6 +102,8 @@ def tcp_multiaddr(host: str, port: int) -> Multiaddr:
     return Multiaddr(f"/{family}/{ip}/tcp/{port}")
 
 
+# Asked for every received record's source connection: the same few addresses, parsed once.
+@functools.lru_cache(maxsize=limits.IP_GROUP_CACHE_ENTRIES)
 def ip_of(addr: Multiaddr) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     parts = addr_text(addr).strip("/").split("/")
     if len(parts) >= 2 and parts[0] in ("ip4", "ip6"):
