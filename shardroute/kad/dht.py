@@ -200,8 +200,10 @@ class Dht(Service):
     async def record_own(self, keys: Sequence[bytes]) -> None:
         await self._providers.record_own(keys)
 
-    async def provide_assigned(self, assignments: dict[bytes, list[PeerInfo]]) -> dict[bytes, int]:
-        return await self._providers.provide_assigned(assignments)
+    async def provide_assigned(
+        self, assignments: dict[bytes, list[PeerInfo]], *, record_self: bool = True
+    ) -> dict[bytes, int]:
+        return await self._providers.provide_assigned(assignments, record_self=record_self)
 
     def find_providers(
         self,

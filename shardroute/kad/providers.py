@@ -63,8 +63,7 @@ class ProviderRouting(KadOperation):
     async def record_own(self, keys: Sequence[bytes]) -> None:
         """Our own provider records of `keys`, at once (go stores its own before it sends):
         we answer for them before any publication reaches a peer. A soft write: the caller
-        holds the durable announcement, and each publication writes them again (refreshing
-        their expiry)."""
+        holds the durable announcement, and each publication writes them again."""
         await self._record_self(keys, self._self_provider(), durable=False)
 
     async def _record_self(
@@ -160,18 +159,22 @@ class ProviderRouting(KadOperation):
             )
         return reports
 
-    async def provide_assigned(self, assignments: dict[bytes, list[PeerInfo]]) -> dict[bytes, int]:
+    async def provide_assigned(
+        self, assignments: dict[bytes, list[PeerInfo]], *, record_self: bool = True
+    ) -> dict[bytes, int]:
         """ADD_PROVIDER each key to the peers chosen for it, every peer's keys on one stream.
 
         The republisher's path: it already knows each key's k closest peers (a region map), so
-        no lookup runs here, and it writes our own records itself (`record_own`) once the
-        sends are out. Returns, per key, how many of its peers took the stream.
+        no lookup runs here. Returns, per key, how many of its peers took the stream.
         """
         for key in assignments:
             check_provider_key(key)
-        self._self_provider()  # no dialable address: nothing worth sending
+        me = self._self_provider()
         keys_by_peer: dict[PeerId, list[bytes]] = {}
         infos: dict[PeerId, PeerInfo] = {}
+        if record_self:
+            # Soft, as at announce: the durable announcement is what a restart republishes from.
+            await self._record_self(list(assignments), me, durable=False)
         for key, peers in assignments.items():
             for info in peers:
                 infos[info.peer_id] = info

@@ -239,13 +239,11 @@ class Publisher:
             return {}
         assignments = await self._assign(positions)
         accepted = await self.dht.provide_assigned(assignments)
-        # Waiting announces hear as soon as peers took the records, before our own records'
-        # refresh and the schedule are written: what they wait for has happened, the
-        # announcement is already durable, and announce wrote our first own records.
+        # Waiting announces hear as soon as peers took the records, not after the schedule's
+        # write: what they wait for has happened, and the announcement is already durable.
         for waiting in list(self._waits):
             if waiting.settle(accepted):
                 self._waits.remove(waiting)
-        await self.dht.record_own(list(positions))
         now = self.clock.wall()
         # The next slot after this pass's window, or the same shards would be taken again at
         # once; the gap stays under cycle + window < provider TTL.
