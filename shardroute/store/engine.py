@@ -115,24 +115,17 @@ _PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=ON", "PRAGMA busy_ti
 
 
 class Database:
-    """The node's connections: aiosqlite, so statements run on their own threads and the
-    event loop never waits for the disk. Two write, durable and soft, so a transaction never
-    spends statements switching `synchronous`; one lock keeps one transaction at a time across
-    both, as SQLite has one writer anyway. A third only reads, outside that lock: in WAL mode a
-    reader sees the last commit and never waits for the writer, so the publisher's due query
-    does not queue behind received records' group commits. Each statement is one hand-off to a
-    thread, so repositories write few, set-based statements per operation."""
+    """The node's writing connections: aiosqlite, so statements run on their own threads and
+    the event loop never waits for the disk. Two of them, durable and soft, so a transaction
+    never spends statements switching `synchronous`; one lock keeps one transaction (or read)
+    at a time across both, as SQLite has one writer anyway. Each statement is one hand-off to
+    a thread, so repositories write few, set-based statements per operation."""
 
     def __init__(
-        self,
-        durable: aiosqlite.Connection,
-        soft: aiosqlite.Connection,
-        reader: aiosqlite.Connection,
-        path: Path | None = None,
+        self, durable: aiosqlite.Connection, soft: aiosqlite.Connection, path: Path | None = None
     ) -> None:
         self._durable = durable
         self._soft = soft
-        self._reader = reader
         self._lock = anyio.Lock()
         self.path = path  # the file, for the cause of a refused write
 
@@ -140,23 +133,18 @@ class Database:
     async def open(cls, path: Path) -> Database:
         opened: list[aiosqlite.Connection] = []
         try:
-            for synchronous in ("FULL", "NORMAL", None):
+            for synchronous in ("FULL", "NORMAL"):
                 # Autocommit mode (isolation_level None): transactions are explicit BEGINs.
                 conn = await aiosqlite.connect(path, isolation_level=None)
                 opened.append(conn)
-                settings = (
-                    (f"PRAGMA synchronous={synchronous}",)
-                    if synchronous
-                    else ("PRAGMA query_only=ON",)
-                )
-                for pragma in (*_PRAGMAS, *settings):
+                for pragma in (*_PRAGMAS, f"PRAGMA synchronous={synchronous}"):
                     await conn.execute(pragma)
         except BaseException:
             for conn in opened:
                 await conn.close()
             raise
-        durable, soft, reader = opened
-        return cls(durable, soft, reader, path=path)
+        durable, soft = opened
+        return cls(durable, soft, path=path)
 
     @asynccontextmanager
     async def transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
@@ -175,9 +163,9 @@ class Database:
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A connection for reads outside a transaction (each statement sees committed data);
-        it refuses writes."""
-        yield self._reader
+        """A connection for reads outside a transaction (each statement sees committed data)."""
+        async with self._lock:
+            yield self._durable
 
     async def set_query_only(self, on: bool) -> None:
         """Refuse (or allow again) every write on both connections, as a read-only file would."""
@@ -188,7 +176,6 @@ class Database:
     async def close(self) -> None:
         await self._durable.close()
         await self._soft.close()
-        await self._reader.close()
 
 
 def open_reader(path: Path) -> sqlite3.Connection:
