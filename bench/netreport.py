@@ -250,8 +250,8 @@ Measured {stamp} on {model}, {cpus} cores, commit {commit()}: `{command.strip()}
 load average {load} at the start and {loadavg()} at the end (everything this run started included).
 {note}
 `bench/bench_network.py`: per implementation {args.nodes} node processes on 127.0.0.1, the first
-the bootstrap peer of the rest; {len(results[0].provides)} provides spread over all nodes, then
-{len(results[0].finds)} finds of provided CIDs from other nodes (count 1: done at the first
+the bootstrap peer of the rest; {args.provides} provides spread over all nodes, then
+{args.finds} finds of provided CIDs from other nodes (count 1: done at the first
 provider), {args.concurrency} operations in flight, never two on one node. The plan (CIDs, which
 node provides, which finds) is the same for every implementation. shardroute: `shardroute serve`
 processes driven through `shardroute.api.client.Client`, a provide is `announce(wait=True)`
