@@ -102,8 +102,6 @@ def tcp_multiaddr(host: str, port: int) -> Multiaddr:
     return Multiaddr(f"/{family}/{ip}/tcp/{port}")
 
 
-# Asked for every received record's source connection: the same few addresses, parsed once.
-@functools.lru_cache(maxsize=limits.IP_GROUP_CACHE_ENTRIES)
 def ip_of(addr: Multiaddr) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     parts = addr_text(addr).strip("/").split("/")
     if len(parts) >= 2 and parts[0] in ("ip4", "ip6"):
@@ -153,6 +151,16 @@ def ip_group(addr_host: str, *, exempt_private: bool = True) -> str | None:
                 return f"ip4:{legacy}"
         return f"ip4:{ipaddress.IPv4Network((ip, 16), strict=False)}"
     return f"ip6:{ipaddress.IPv6Network((ip, 32), strict=False)}"
+
+
+# Asked for every received record's source connection: the same few addresses, grouped once
+# (without it, each record parsed and printed the IP again before `ip_group`'s own cache).
+@functools.lru_cache(maxsize=limits.IP_GROUP_CACHE_ENTRIES)
+def addr_group(addr: Multiaddr, *, exempt_private: bool = True) -> str | None:
+    """`ip_group` of the address's IP; None if it has none (or, with `exempt_private`, if the
+    IP is not globally routable)."""
+    ip = ip_of(addr)
+    return None if ip is None else ip_group(str(ip), exempt_private=exempt_private)
 
 
 def sanitize_peer_addrs(peer: PeerId, raw_addrs: Iterable[bytes]) -> list[Multiaddr]:

@@ -160,7 +160,7 @@ KAD_MAX_ADDRS_PER_PEER = 10
 # larger entries are coded each time, so a hostile peer can pin at most 8192 x 512 bytes).
 KAD_DECODED_PEER_ENTRIES = 8192
 KAD_DECODED_PEER_ENTRY_BYTES = 512
-# IP groups kept by address text (addrs.ip_group), and parsed IPs by address (addrs.ip_of): our
+# IP groups kept by address text (addrs.ip_group), and groups by address (addrs.addr_group): our
 # choice, a few times the addresses of a 1,000-node network's table peers; each entry is small.
 IP_GROUP_CACHE_ENTRIES = 8192
 # Provider keys are multihashes; go rejects keys longer than 80 bytes.

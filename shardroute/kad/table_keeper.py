@@ -20,7 +20,7 @@ from typing import Protocol
 from anyio.abc import TaskGroup
 from multiaddr import Multiaddr
 
-from shardroute.addrs import ip_group, ip_of
+from shardroute.addrs import addr_group, ip_of
 from shardroute.clock import Clock
 from shardroute.identity.peer_id import PeerId
 from shardroute.kad.address_book import AddressBook
@@ -143,10 +143,9 @@ class TableKeeper(Service):
         """The IP group `peer`'s connection really comes from (exempt ones: None), as the
         diversity filter groups it."""
         real = self.transport.remote_addr(peer)
-        ip = None if real is None else ip_of(real)
-        if ip is None:
+        if real is None:
             return None
-        return ip_group(str(ip), exempt_private=self.config.diversity_exempt_private)
+        return addr_group(real, exempt_private=self.config.diversity_exempt_private)
 
     def learn_closer(self, sender: PeerId, infos: Sequence[PeerInfo]) -> list[PeerId]:
         """Closer peers of one answer worth asking: dialable, not us, within the diversity cap."""
