@@ -26,6 +26,7 @@ class ConfigError(ShardrouteError):
 
 Mode = Literal["server", "client"]
 LogFormat = Literal["text", "json"]
+EventLoop = Literal["uvloop", "asyncio"]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -71,6 +72,8 @@ class Settings:
     routing_http: str = "127.0.0.1:8190"
     log_level: str = "info"
     log_format: LogFormat = "text"
+    # uvloop runs the same asyncio code on libuv, with less CPU per socket event.
+    event_loop: EventLoop = "uvloop"
     max_connections: int = limits.MAX_CONNECTIONS
     # Per-address budgets (connections, pending upgrades, records per key) spare loopback
     # peers, which are this host's own processes; a test network of one host turns it off.
@@ -224,6 +227,8 @@ def _convert(name: str, value: Any, source: str) -> Any:
         raise ConfigError(f"mode ({source}): must be 'server' or 'client', got {value!r}")
     if name == "log_format" and value not in get_args(LogFormat):
         raise ConfigError(f"log_format ({source}): must be 'text' or 'json', got {value!r}")
+    if name == "event_loop" and value not in get_args(EventLoop):
+        raise ConfigError(f"event_loop ({source}): must be 'uvloop' or 'asyncio', got {value!r}")
     if name == "log_level" and value.lower() not in _LEVELS:
         raise ConfigError(f"log_level ({source}): must be one of {sorted(_LEVELS)}, got {value!r}")
     if name == "protocol" and (not value.startswith("/") or len(value) > 200):

@@ -99,6 +99,11 @@ def _serve_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     serve.add_argument(
         "--log-format", choices=["text", "json"], help=f"log lines (default {d.log_format})"
     )
+    serve.add_argument(
+        "--event-loop",
+        choices=["uvloop", "asyncio"],
+        help=f"the asyncio event loop (default {d.event_loop})",
+    )
 
 
 def build_parser() -> Parser:

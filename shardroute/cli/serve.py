@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
 import os
@@ -52,6 +53,7 @@ def tune_collector() -> None:
 async def run_node(settings: Settings, announce: Callable[[Sequence[str]], None]) -> None:
     """Run until SIGINT or SIGTERM; `announce` receives the full listen multiaddrs once bound."""
     log.debug("open-file limit: %d", raise_file_limit())
+    log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         node = App(settings, metrics=Metrics(prometheus_client.REGISTRY), migrate_in_child=True)
         async with node as app:
@@ -75,6 +77,7 @@ SERVE_FLAGS = (
     "data_dir",
     "log_level",
     "log_format",
+    "event_loop",
     "api_token_file",
     "api_tls_cert",
     "api_tls_key",
@@ -95,5 +98,11 @@ def serve(args: argparse.Namespace) -> int:
         for line in lines:
             print(line, flush=True)
 
-    anyio.run(run_node, settings, announce, backend="asyncio")
+    anyio.run(
+        run_node,
+        settings,
+        announce,
+        backend="asyncio",
+        backend_options={"use_uvloop": settings.event_loop == "uvloop"},
+    )
     return 0

@@ -7,7 +7,7 @@ import asyncio
 import errno
 import socket
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -49,8 +49,8 @@ class TcpStream(asyncio.Protocol):
     # -- asyncio's side ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports have asyncio.Transport's methods without being its subclass.
+        self._transport = cast(asyncio.Transport, transport)
         peer, sock = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
         if peer:
             self.remote_address = (str(peer[0]), int(peer[1]))

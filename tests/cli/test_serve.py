@@ -51,6 +51,31 @@ def test_serve_prints_full_addresses_keeps_its_identity_and_stops_on_signals(
         assert proc.wait(timeout=15) == 0
 
 
+@pytest.mark.parametrize(
+    ("env", "loop"), [({}, "uvloop"), ({"SHARDROUTE_EVENT_LOOP": "asyncio"}, "asyncio")]
+)
+def test_serve_runs_on_the_configured_event_loop_and_answers_on_it(
+    tmp_path: Path, env: dict[str, str], loop: str
+) -> None:
+    with serve(tmp_path / "node", env=env) as node:
+        assert node.wait_log("event loop:").endswith(f"event loop: {loop}")
+        result = run_ping(node.addrs[0], "--count", "1", "--json")
+        assert result.returncode == 0, result.stderr
+
+
+def test_a_wrong_event_loop_stops_start_up_naming_the_setting(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*SHARDROUTE, "serve", "--data-dir", str(tmp_path / "node")],
+        capture_output=True,
+        text=True,
+        env={**ENV, "SHARDROUTE_EVENT_LOOP": "trio"},
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "event_loop (environment SHARDROUTE_EVENT_LOOP)" in result.stderr
+    assert not (tmp_path / "node").exists()
+
+
 def run_ping(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*SHARDROUTE, "ping", *args],
