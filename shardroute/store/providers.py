@@ -84,21 +84,23 @@ class _Batch:
             self.peer_records[provider_id] = count
         keys = list(dict.fromkeys(r.key for r in records))
         self.keys = {key: _KeyRecords() for key in keys}
-        async with self.conn.execute(
+        # execute_fetchall: one hop to the database thread each (a cursor's `async for`
+        # takes three or more, and a batch is often a single record)
+        held = await self.conn.execute_fetchall(
             "SELECT key, provider_id, expires_at, source_group FROM provider_records "
             f"WHERE key IN ({_marks(len(keys))})",
             keys,
-        ) as cursor:
-            async for key, provider_id, expires_at, group in cursor:
-                self.keys[key].held[provider_id] = (expires_at, group)
+        )
+        for key, provider_id, expires_at, group in held:
+            self.keys[key].held[provider_id] = (expires_at, group)
         wanted = list(dict.fromkeys(groups))
         if wanted:
-            async with self.conn.execute(
+            counted = await self.conn.execute_fetchall(
                 f"SELECT grp, records FROM provider_groups WHERE grp IN ({_marks(len(wanted))})",
                 wanted,
-            ) as cursor:
-                async for grp, count in cursor:
-                    self.groups[grp] = count
+            )
+            for grp, count in counted:
+                self.groups[grp] = count
 
     def store(self, record: ProviderRecord, group: str | None) -> None:
         """Queue the upsert and count it as the triggers will (a new row only)."""
