@@ -13,18 +13,21 @@ import contextlib
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import aiosqlite
 import anyio
+import anyio.to_thread
 
 from shardroute.errors import StoreError
 
 if TYPE_CHECKING:
     from alembic.config import Config
+
+R = TypeVar("R")
 
 DATABASE_FILE = "shardroute.sqlite3"
 # The newest migration in migrations/versions (a test in tests/store/test_database.py holds
@@ -108,25 +111,38 @@ def upgrade_in_child(path: Path) -> None:
         raise StoreError(lines[-1] if lines else f"migrating {path} failed ({done.returncode})")
 
 
-# Applied to both writing connections. Durable commits (synchronous=FULL) survive a crash of
+# Applied to every writing connection. Durable commits (synchronous=FULL) survive a crash of
 # the process and of the machine; soft ones (NORMAL: no fsync in WAL mode) keep the database
 # consistent and may lose the last commits to a machine crash.
 _PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=5000")
 
 
 class Database:
-    """The node's writing connections: aiosqlite, so statements run on their own threads and
-    the event loop never waits for the disk. Two of them, durable and soft, so a transaction
-    never spends statements switching `synchronous`; one lock keeps one transaction (or read)
-    at a time across both, as SQLite has one writer anyway. Each statement is one hand-off to
-    a thread, so repositories write few, set-based statements per operation."""
+    """The node's writing connections, so the event loop never waits for the disk.
+
+    aiosqlite's two (durable and soft, so a transaction never spends statements switching
+    `synchronous`) run each statement as one hand-off to their thread: `transaction()`, for
+    repositories that write a few set-based statements. The hot writes (provider records,
+    received and our own) go through `run` instead: the whole transaction as one function on
+    a worker thread with a plain sqlite3 connection, one hand-off in all. Under load each
+    hand-off costs far more than its statement (a thread woken, the GIL passed back and
+    forth, the loop woken), so a batch of one record cost six. One lock keeps one
+    transaction (or read) at a time across all three, as SQLite has one writer anyway."""
 
     def __init__(
-        self, durable: aiosqlite.Connection, soft: aiosqlite.Connection, path: Path | None = None
+        self,
+        durable: aiosqlite.Connection,
+        soft: aiosqlite.Connection,
+        path: Path | None = None,
+        *,
+        worker: sqlite3.Connection | None = None,
     ) -> None:
         self._durable = durable
         self._soft = soft
+        self._worker = worker  # used only on the worker thread, under the lock
+        self._worker_synchronous = "FULL"
         self._lock = anyio.Lock()
+        self._one_thread = anyio.CapacityLimiter(1)
         self.path = path  # the file, for the cause of a refused write
 
     @classmethod
@@ -139,12 +155,45 @@ class Database:
                 opened.append(conn)
                 for pragma in (*_PRAGMAS, f"PRAGMA synchronous={synchronous}"):
                     await conn.execute(pragma)
+            worker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            try:
+                for pragma in (*_PRAGMAS, "PRAGMA synchronous=FULL"):
+                    worker.execute(pragma)
+            except BaseException:
+                worker.close()
+                raise
         except BaseException:
             for conn in opened:
                 await conn.close()
             raise
         durable, soft = opened
-        return cls(durable, soft, path=path)
+        return cls(durable, soft, path=path, worker=worker)
+
+    async def run(self, work: Callable[[sqlite3.Connection], R], *, durable: bool = True) -> R:
+        """`work(conn)` inside BEGIN IMMEDIATE … COMMIT on the worker thread, rolled back if
+        it raises; its result. `durable=False` commits without fsync (soft state)."""
+        if self._worker is None:
+            raise RuntimeError("open the database with Database.open()")
+        worker = self._worker
+        synchronous = "FULL" if durable else "NORMAL"
+
+        def transaction() -> R:
+            if self._worker_synchronous != synchronous:
+                worker.execute(f"PRAGMA synchronous={synchronous}")
+                self._worker_synchronous = synchronous
+            worker.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(worker)
+                worker.execute("COMMIT")
+            except BaseException:
+                if worker.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        worker.execute("ROLLBACK")
+                raise
+            return result
+
+        async with self._lock:
+            return await anyio.to_thread.run_sync(transaction, limiter=self._one_thread)
 
     @asynccontextmanager
     async def transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
@@ -169,13 +218,22 @@ class Database:
 
     async def set_query_only(self, on: bool) -> None:
         """Refuse (or allow again) every write on both connections, as a read-only file would."""
+        pragma = f"PRAGMA query_only={'ON' if on else 'OFF'}"
         async with self._lock:
             for conn in (self._durable, self._soft):
-                await conn.execute(f"PRAGMA query_only={'ON' if on else 'OFF'}")
+                await conn.execute(pragma)
+            if self._worker is not None:
+                await anyio.to_thread.run_sync(
+                    self._worker.execute, pragma, limiter=self._one_thread
+                )
 
     async def close(self) -> None:
         await self._durable.close()
         await self._soft.close()
+        if self._worker is not None:
+            async with self._lock:
+                self._worker.close()
+                self._worker = None
 
 
 def open_reader(path: Path) -> sqlite3.Connection:

@@ -1,8 +1,9 @@
 """Provider records this node keeps for others (ADD_PROVIDER received), and its own.
 
 Writes are set-based: a batch of records costs a fixed handful of statements (the peers'
-ids, the keys' current records, the groups' counts, one executemany upsert), each one hand-off
-to the database thread, and the caps are checked in memory from what those reads returned.
+ids, the keys' current records, the groups' counts, one executemany upsert), all in one
+hand-off to the database's worker thread (`Database.run`), and the caps are checked in memory
+from what those reads returned.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
-import aiosqlite
 import anyio.lowlevel
 
 from shardroute.errors import StoreError
@@ -59,9 +60,10 @@ class _KeyRecords:
 
 
 class _Batch:
-    """One transaction's view of the rows its records touch, kept current as it decides."""
+    """One transaction's view of the rows its records touch, kept current as it decides.
+    Runs on the database's worker thread (`Database.run`), inside the transaction."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.ids: dict[bytes, int] = {}
         self.peer_records: dict[int, int] = {}
@@ -69,24 +71,22 @@ class _Batch:
         self.groups: dict[str, int] = {}
         self.rows: list[tuple[object, ...]] = []
 
-    async def load(self, records: Iterable[ProviderRecord], groups: Iterable[str]) -> None:
+    def load(self, records: Iterable[ProviderRecord], groups: Iterable[str]) -> None:
         records = list(records)
         peers = list(dict.fromkeys(r.provider.raw for r in records))
         # One statement for every peer's row, new or not (the no-op update makes RETURNING
         # name existing rows too).
-        rows = await self.conn.execute_fetchall(
+        rows = self.conn.execute(
             f"INSERT INTO provider_peers (peer) VALUES {','.join(['(?)'] * len(peers))} "
             "ON CONFLICT (peer) DO UPDATE SET peer = excluded.peer RETURNING id, peer, records",
             peers,
-        )
+        ).fetchall()
         for provider_id, peer, count in rows:
             self.ids[peer] = provider_id
             self.peer_records[provider_id] = count
         keys = list(dict.fromkeys(r.key for r in records))
         self.keys = {key: _KeyRecords() for key in keys}
-        # execute_fetchall: one hop to the database thread each (a cursor's `async for`
-        # takes three or more, and a batch is often a single record)
-        held = await self.conn.execute_fetchall(
+        held = self.conn.execute(
             "SELECT key, provider_id, expires_at, source_group FROM provider_records "
             f"WHERE key IN ({_marks(len(keys))})",
             keys,
@@ -95,7 +95,7 @@ class _Batch:
             self.keys[key].held[provider_id] = (expires_at, group)
         wanted = list(dict.fromkeys(groups))
         if wanted:
-            counted = await self.conn.execute_fetchall(
+            counted = self.conn.execute(
                 f"SELECT grp, records FROM provider_groups WHERE grp IN ({_marks(len(wanted))})",
                 wanted,
             )
@@ -125,9 +125,9 @@ class _Batch:
             )
         )
 
-    async def write(self) -> None:
+    def write(self) -> None:
         if self.rows:
-            await self.conn.executemany(_UPSERT_SQL, self.rows)
+            self.conn.executemany(_UPSERT_SQL, self.rows)
 
 
 class SqliteProviderStore(Repository):
@@ -151,19 +151,23 @@ class SqliteProviderStore(Repository):
         stored: list[bool] = []
         for start in range(0, len(records), WRITE_BATCH):
             chunk = records[start : start + WRITE_BATCH]
-            async with self.db.transaction(durable=durable) as conn:
-                batch = _Batch(conn)
-                await batch.load(chunk, ())
-                for record in chunk:
-                    provider_id = batch.ids[record.provider.raw]
-                    on_key = batch.keys[record.key]
-                    full = on_key.live(record.received_at, besides=provider_id) >= self.max_per_key
-                    if full and provider_id not in on_key.held:
-                        stored.append(False)
-                        continue
-                    batch.store(record, None)
-                    stored.append(True)
-                await batch.write()
+            stored += await self.db.run(partial(self._add, chunk), durable=durable)
+        return stored
+
+    def _add(self, chunk: Sequence[ProviderRecord], conn: sqlite3.Connection) -> list[bool]:
+        batch = _Batch(conn)
+        batch.load(chunk, ())
+        stored: list[bool] = []
+        for record in chunk:
+            provider_id = batch.ids[record.provider.raw]
+            on_key = batch.keys[record.key]
+            full = on_key.live(record.received_at, besides=provider_id) >= self.max_per_key
+            if full and provider_id not in on_key.held:
+                stored.append(False)
+                continue
+            batch.store(record, None)
+            stored.append(True)
+        batch.write()
         return stored
 
     @atomic
@@ -177,18 +181,24 @@ class SqliteProviderStore(Repository):
         outcome: list[Refusal | None] = []
         for start in range(0, len(received), WRITE_BATCH):
             chunk = received[start : start + WRITE_BATCH]
-            async with self.db.transaction(durable=False) as conn:
-                batch = _Batch(conn)
-                await batch.load(
-                    (item.record for item in chunk),
-                    (item.source_group for item in chunk if item.source_group is not None),
-                )
-                for item in chunk:
-                    refusal = self._refusal(batch, item, quota)
-                    if refusal is None:
-                        batch.store(item.record, item.source_group)
-                    outcome.append(refusal)
-                await batch.write()
+            outcome += await self.db.run(partial(self._accept, chunk, quota), durable=False)
+        return outcome
+
+    def _accept(
+        self, chunk: Sequence[ReceivedRecord], quota: ProviderQuota, conn: sqlite3.Connection
+    ) -> list[Refusal | None]:
+        batch = _Batch(conn)
+        batch.load(
+            (item.record for item in chunk),
+            (item.source_group for item in chunk if item.source_group is not None),
+        )
+        outcome: list[Refusal | None] = []
+        for item in chunk:
+            refusal = self._refusal(batch, item, quota)
+            if refusal is None:
+                batch.store(item.record, item.source_group)
+            outcome.append(refusal)
+        batch.write()
         return outcome
 
     def _refusal(self, batch: _Batch, item: ReceivedRecord, quota: ProviderQuota) -> Refusal | None:

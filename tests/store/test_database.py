@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from shardroute.store.database import SqliteStore
 from shardroute.store.engine import (
     DATABASE_FILE,
     SCHEMA_REVISION,
+    Database,
     alembic_config,
     schema_revision,
     upgrade_database,
@@ -194,3 +196,48 @@ async def test_due_count_follows_the_schedule(tmp_path: Path) -> None:
     await store.announcements.reschedule([(keys[3], 1.0, 0)])  # withdrawn: stays withdrawn
     assert await store.announcements.count() == 3
     await store.close()
+
+
+async def test_a_worker_transaction_is_all_or_nothing_and_the_worker_goes_on(
+    tmp_path: Path,
+) -> None:
+    """`Database.run`: the whole function is one transaction on the worker thread; one that
+    raises leaves nothing behind, and the next runs (soft or durable) on the same connection.
+    What it commits is what the aiosqlite connections read."""
+    path = tmp_path / DATABASE_FILE
+    upgrade_database(path)
+    db = await Database.open(path)
+
+    def peers(conn: sqlite3.Connection) -> list[bytes]:
+        return [row[0] for row in conn.execute("SELECT peer FROM provider_peers ORDER BY peer")]
+
+    def add_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO provider_peers (peer) VALUES (?)", (b"first",))
+        raise ValueError("refused halfway")
+
+    def add(peer: bytes) -> Callable[[sqlite3.Connection], None]:
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO provider_peers (peer) VALUES (?)", (peer,))
+
+        return insert
+
+    try:
+        with pytest.raises(ValueError, match="halfway"):
+            await db.run(add_then_fail, durable=False)
+        assert await db.run(peers) == []
+        await db.run(add(b"soft"), durable=False)
+        await db.run(add(b"durable"), durable=True)
+        with pytest.raises(sqlite3.IntegrityError):  # peer is unique: the second insert fails
+            await db.run(lambda conn: (add(b"again")(conn), add(b"again")(conn)))
+        assert await db.run(peers) == [b"durable", b"soft"]
+        async with db.reading() as conn:
+            cursor = await conn.execute("SELECT count(*) FROM provider_peers")
+            assert (await cursor.fetchone()) == (2,)
+        await db.set_query_only(True)
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await db.run(add(b"read-only"), durable=False)
+        await db.set_query_only(False)
+        await db.run(add(b"writable again"))
+        assert len(await db.run(peers)) == 3
+    finally:
+        await db.close()
