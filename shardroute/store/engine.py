@@ -133,9 +133,8 @@ class Database:
         self,
         durable: aiosqlite.Connection,
         soft: aiosqlite.Connection,
+        worker: sqlite3.Connection,
         path: Path | None = None,
-        *,
-        worker: sqlite3.Connection | None = None,
     ) -> None:
         self._durable = durable
         self._soft = soft
@@ -167,13 +166,11 @@ class Database:
                 await conn.close()
             raise
         durable, soft = opened
-        return cls(durable, soft, path=path, worker=worker)
+        return cls(durable, soft, worker, path=path)
 
     async def run(self, work: Callable[[sqlite3.Connection], R], *, durable: bool = True) -> R:
         """`work(conn)` inside BEGIN IMMEDIATE … COMMIT on the worker thread, rolled back if
         it raises; its result. `durable=False` commits without fsync (soft state)."""
-        if self._worker is None:
-            raise RuntimeError("open the database with Database.open()")
         worker = self._worker
         synchronous = "FULL" if durable else "NORMAL"
 
@@ -222,18 +219,13 @@ class Database:
         async with self._lock:
             for conn in (self._durable, self._soft):
                 await conn.execute(pragma)
-            if self._worker is not None:
-                await anyio.to_thread.run_sync(
-                    self._worker.execute, pragma, limiter=self._one_thread
-                )
+            await anyio.to_thread.run_sync(self._worker.execute, pragma, limiter=self._one_thread)
 
     async def close(self) -> None:
         await self._durable.close()
         await self._soft.close()
-        if self._worker is not None:
-            async with self._lock:
-                self._worker.close()
-                self._worker = None
+        async with self._lock:  # not while a transaction runs on the worker thread
+            self._worker.close()
 
 
 def open_reader(path: Path) -> sqlite3.Connection:
