@@ -214,7 +214,7 @@ class Database:
             yield self._durable
 
     async def set_query_only(self, on: bool) -> None:
-        """Refuse (or allow again) every write on both connections, as a read-only file would."""
+        """Refuse (or allow again) every write on every connection, as a read-only file would."""
         pragma = f"PRAGMA query_only={'ON' if on else 'OFF'}"
         async with self._lock:
             for conn in (self._durable, self._soft):
