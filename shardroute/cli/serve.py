@@ -53,11 +53,12 @@ def tune_collector() -> None:
 async def run_node(settings: Settings, announce: Callable[[Sequence[str]], None]) -> None:
     """Run until SIGINT or SIGTERM; `announce` receives the full listen multiaddrs once bound."""
     log.debug("open-file limit: %d", raise_file_limit())
-    log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         node = App(settings, metrics=Metrics(prometheus_client.REGISTRY), migrate_in_child=True)
         async with node as app:
             tune_collector()
+            # Once started: a refused start prints its one error line and nothing else.
+            log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
             announce([str(a) for a in app.listen_multiaddrs()])
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
