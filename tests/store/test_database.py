@@ -211,6 +211,9 @@ async def test_a_worker_transaction_is_all_or_nothing_and_the_worker_goes_on(
     def peers(conn: sqlite3.Connection) -> list[bytes]:
         return [row[0] for row in conn.execute("SELECT peer FROM provider_peers ORDER BY peer")]
 
+    def synchronous(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
     def add_then_fail(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO provider_peers (peer) VALUES (?)", (b"first",))
         raise ValueError("refused halfway")
@@ -226,7 +229,10 @@ async def test_a_worker_transaction_is_all_or_nothing_and_the_worker_goes_on(
             await db.run(add_then_fail, durable=False)
         assert await db.run(peers) == []
         await db.run(add(b"soft"), durable=False)
+        # the mode each commit ran under: NORMAL (1, no fsync in WAL mode) or FULL (2)
+        assert await db.run(synchronous, durable=False) == 1
         await db.run(add(b"durable"), durable=True)
+        assert await db.run(synchronous, durable=True) == 2
         with pytest.raises(sqlite3.IntegrityError):  # peer is unique: the second insert fails
             await db.run(lambda conn: (add(b"again")(conn), add(b"again")(conn)))
         assert await db.run(peers) == [b"durable", b"soft"]
