@@ -67,11 +67,13 @@ class SqliteAnnouncementStore(Repository):
         published once more; the announcement itself was durable when it was acknowledged."""
         if not entries:
             return
-        async with self.db.transaction(durable=False) as conn:
-            await conn.executemany(
-                "UPDATE announcements SET next_publish_at = ?, stored_on = ? WHERE key = ?",
-                [(next_at, stored_on, key) for key, next_at, stored_on in entries],
-            )
+        rows = [(next_at, stored_on, key) for key, next_at, stored_on in entries]
+        await self.db.run(
+            lambda conn: conn.executemany(
+                "UPDATE announcements SET next_publish_at = ?, stored_on = ? WHERE key = ?", rows
+            ),
+            durable=False,
+        )
 
     @atomic
     async def contains(self, key: bytes) -> bool:

@@ -1,5 +1,6 @@
-"""The durable store on SQLite: WAL, migrations by alembic (on SQLAlchemy), writes through one
-aiosqlite connection, the hot read on a connection of its own.
+"""The durable store on SQLite: WAL, migrations by alembic (on SQLAlchemy), writes through an
+aiosqlite connection and a worker thread's (`engine.Database`), the hot read on a connection of
+its own.
 
 One database file, one repository per table (providers, values, routing, announcements), each
 returning domain dataclasses, never rows. Transactions are short and no network IO happens

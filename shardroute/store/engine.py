@@ -1,5 +1,6 @@
 """The database file: migrations (alembic on SQLAlchemy, the only source of the schema), the
-writing connection (aiosqlite) with its pragmas, and the read-only connection of the hot path.
+writing connections (aiosqlite's, and a worker thread's for whole transactions) with their
+pragmas, and the read-only connection of the hot path.
 
 alembic and SQLAlchemy are imported only when the schema must change: together they hold some
 25 MiB of a node's memory for as long as it runs. `serve` migrates in a child process
@@ -111,7 +112,7 @@ def upgrade_in_child(path: Path) -> None:
         raise StoreError(lines[-1] if lines else f"migrating {path} failed ({done.returncode})")
 
 
-# Applied to every writing connection. Durable commits (synchronous=FULL) survive a crash of
+# Applied to both writing connections. Durable commits (synchronous=FULL) survive a crash of
 # the process and of the machine; soft ones (NORMAL: no fsync in WAL mode) keep the database
 # consistent and may lose the last commits to a machine crash.
 _PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=5000")
@@ -120,57 +121,49 @@ _PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=ON", "PRAGMA busy_ti
 class Database:
     """The node's writing connections, so the event loop never waits for the disk.
 
-    aiosqlite's two (durable and soft, so a transaction never spends statements switching
-    `synchronous`) run each statement as one hand-off to their thread: `transaction()`, for
-    repositories that write a few set-based statements. The hot writes (provider records,
-    received and our own) go through `run` instead: the whole transaction as one function on
-    a worker thread with a plain sqlite3 connection, one hand-off in all. Under load each
-    hand-off costs far more than its statement (a thread woken, the GIL passed back and
-    forth, the loop woken), so a batch of one record cost six. One lock keeps one
-    transaction (or read) at a time across all three, as SQLite has one writer anyway."""
+    aiosqlite's connection (synchronous=FULL) runs each statement as one hand-off to its
+    thread: `transaction()` and `reading()`, for repositories that write a few durable,
+    set-based statements. `run` takes the whole transaction as one function onto a worker
+    thread with a plain sqlite3 connection, one hand-off in all, durable or soft: the hot
+    writes (provider records, received and our own; the publisher's schedule). Under load a
+    hand-off costs far more than its statement (a thread woken, the GIL passed back and forth,
+    the loop woken), so a batch of one provider record cost six. One lock keeps one
+    transaction (or read) at a time across both, as SQLite has one writer anyway."""
 
     def __init__(
-        self,
-        durable: aiosqlite.Connection,
-        soft: aiosqlite.Connection,
-        worker: sqlite3.Connection,
-        path: Path | None = None,
+        self, durable: aiosqlite.Connection, worker: sqlite3.Connection, path: Path | None = None
     ) -> None:
         self._durable = durable
-        self._soft = soft
         self._worker = worker  # used only on the worker thread, under the lock
-        self._worker_synchronous = "FULL"
+        self._worker_synchronous = "FULL"  # as `open` leaves it; `run` switches it on demand
         self._lock = anyio.Lock()
         self._one_thread = anyio.CapacityLimiter(1)
         self.path = path  # the file, for the cause of a refused write
 
     @classmethod
     async def open(cls, path: Path) -> Database:
-        opened: list[aiosqlite.Connection] = []
+        # Autocommit mode (isolation_level None) on both: transactions are explicit BEGINs.
+        worker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            for synchronous in ("FULL", "NORMAL"):
-                # Autocommit mode (isolation_level None): transactions are explicit BEGINs.
-                conn = await aiosqlite.connect(path, isolation_level=None)
-                opened.append(conn)
-                for pragma in (*_PRAGMAS, f"PRAGMA synchronous={synchronous}"):
-                    await conn.execute(pragma)
-            worker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            try:
-                for pragma in (*_PRAGMAS, "PRAGMA synchronous=FULL"):
-                    worker.execute(pragma)
-            except BaseException:
-                worker.close()
-                raise
+            for pragma in (*_PRAGMAS, "PRAGMA synchronous=FULL"):
+                worker.execute(pragma)
+            durable = await aiosqlite.connect(path, isolation_level=None)
         except BaseException:
-            for conn in opened:
-                await conn.close()
+            worker.close()
             raise
-        durable, soft = opened
-        return cls(durable, soft, worker, path=path)
+        try:
+            for pragma in (*_PRAGMAS, "PRAGMA synchronous=FULL"):
+                await durable.execute(pragma)
+        except BaseException:
+            await durable.close()
+            worker.close()
+            raise
+        return cls(durable, worker, path=path)
 
     async def run(self, work: Callable[[sqlite3.Connection], R], *, durable: bool = True) -> R:
         """`work(conn)` inside BEGIN IMMEDIATE … COMMIT on the worker thread, rolled back if
-        it raises; its result. `durable=False` commits without fsync (soft state)."""
+        it raises; its result. `durable=False` commits without fsync: soft state, which a
+        machine crash may lose (the database stays consistent)."""
         worker = self._worker
         synchronous = "FULL" if durable else "NORMAL"
 
@@ -193,11 +186,10 @@ class Database:
             return await anyio.to_thread.run_sync(transaction, limiter=self._one_thread)
 
     @asynccontextmanager
-    async def transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
-        """BEGIN IMMEDIATE … COMMIT, rolled back on any error. `durable=False` for soft state
-        that its owners republish (received provider records)."""
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE … COMMIT (durable), rolled back on any error."""
         async with self._lock:
-            conn = self._durable if durable else self._soft
+            conn = self._durable
             await conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -214,16 +206,14 @@ class Database:
             yield self._durable
 
     async def set_query_only(self, on: bool) -> None:
-        """Refuse (or allow again) every write on every connection, as a read-only file would."""
+        """Refuse (or allow again) every write on both connections, as a read-only file would."""
         pragma = f"PRAGMA query_only={'ON' if on else 'OFF'}"
         async with self._lock:
-            for conn in (self._durable, self._soft):
-                await conn.execute(pragma)
+            await self._durable.execute(pragma)
             await anyio.to_thread.run_sync(self._worker.execute, pragma, limiter=self._one_thread)
 
     async def close(self) -> None:
         await self._durable.close()
-        await self._soft.close()
         async with self._lock:  # not while a transaction runs on the worker thread
             self._worker.close()
 
