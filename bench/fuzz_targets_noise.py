@@ -19,8 +19,8 @@ from shardroute.errors import NoiseError
 from shardroute.identity.peer_id import PeerId
 from shardroute.limits import NOISE_MAX_PLAINTEXT
 from shardroute.pb import noise_pb2
+from shardroute.protocol.events import NeedData
 from shardroute.protocol.noise.handshake import SIGNATURE_PREFIX, HandshakeCompleted, NoiseHandshake
-from shardroute.protocol.noise.handshake import NeedData as NoiseNeedData
 from shardroute.protocol.noise.transport import NoiseTransport
 
 
@@ -69,7 +69,7 @@ def _feed(hs: NoiseHandshake, body: bytes, size: int) -> HandshakeCompleted | No
         event = hs.next_event()
         if isinstance(event, HandshakeCompleted):
             return event
-        if not isinstance(event, NoiseNeedData):
+        if not isinstance(event, NeedData):
             _fail(f"unexpected handshake event {event!r}")
     return None
 
@@ -94,7 +94,7 @@ def fuzz_noise_handshake(data: bytes) -> None:
         elif mode == 2:  # responder after a real msg1, arbitrary msg3
             responder = _responder()
             responder.receive_data(_initiator().data_to_send())
-            if not isinstance(responder.next_event(), NoiseNeedData):
+            if not isinstance(responder.next_event(), NeedData):
                 _fail("responder finished on msg1")
             responder.data_to_send()
             _feed(responder, body, size)

@@ -328,11 +328,7 @@ class App(Service):
         return await self.publisher.withdraw(cids)
 
     def find_providers(
-        self,
-        key: bytes,
-        count: int,
-        *,
-        on_report: Callable[[LookupReport], None] | None = None,
+        self, key: bytes, count: int, *, on_report: Callable[[LookupReport], None] | None = None
     ) -> AsyncGenerator[PeerInfo, None]:
         return self._find_providers(key, count, on_report)
 

@@ -56,11 +56,7 @@ class NodeBackend(Protocol):
     async def withdraw(self, cids: Sequence[ContentId]) -> int: ...
 
     def find_providers(
-        self,
-        key: bytes,
-        count: int,
-        *,
-        on_report: Callable[[LookupReport], None] | None = None,
+        self, key: bytes, count: int, *, on_report: Callable[[LookupReport], None] | None = None
     ) -> AsyncGenerator[PeerInfo, None]:
         """Providers as they arrive; `on_report` gets the lookup's report, if one ran."""
         ...

@@ -65,20 +65,19 @@ class Dht(Service):
         clock: Clock,
         metrics: DhtMetrics | None = None,
     ) -> None:
-        self.transport = transport
-        self.config = config
-        self.providers = providers
-        self.values = values
-        self.validator = validator
-        self.clock = clock
-        self.self_id = transport.self_id
         self.requests = RequestClient(transport, metrics)
         self.keeper = TableKeeper(
             transport=transport, requests=self.requests, config=config, clock=clock, metrics=metrics
         )
+        # Admission and failures are the keeper's; the facade hands its methods on.
+        self.peer_seen = self.keeper.peer_seen
+        self.peer_failed = self.keeper.peer_failed
         self.runner = LookupRunner(
             keeper=self.keeper, requests=self.requests, config=config, clock=clock, metrics=metrics
         )
+        # What the rest of the node reads off the facade (settings, the stores, who we are).
+        self.transport, self.config, self.self_id = transport, config, transport.self_id
+        self.providers, self.values = providers, values
         context = KadContext(self.keeper, self.runner, self.requests, config, clock)
         self._providers = ProviderRouting(context, providers, metrics)
         self._values = ValueRouting(context, values, validator)
@@ -123,19 +122,6 @@ class Dht(Service):
     @property
     def bucket_lookup_at(self) -> dict[int, float]:
         return self.keeper.bucket_lookup_at
-
-    async def peer_seen(
-        self,
-        peer: PeerId,
-        addrs: Sequence[Multiaddr],
-        *,
-        is_server: bool,
-        remote_addr: Multiaddr | None = None,
-    ) -> None:
-        await self.keeper.peer_seen(peer, addrs, is_server=is_server, remote_addr=remote_addr)
-
-    def peer_failed(self, peer: PeerId) -> None:
-        self.keeper.peer_failed(peer)
 
     async def check_liveness(self, peer: PeerId) -> bool | None:
         return await self.keeper.check_liveness(peer)
@@ -206,11 +192,7 @@ class Dht(Service):
         return await self._providers.provide_assigned(assignments, record_self=record_self)
 
     def find_providers(
-        self,
-        cid_key: bytes,
-        count: int,
-        *,
-        on_report: Callable[[LookupReport], None] | None = None,
+        self, cid_key: bytes, count: int, *, on_report: Callable[[LookupReport], None] | None = None
     ) -> AsyncGenerator[PeerInfo, None]:
         return self._providers.find_providers(cid_key, count, on_report=on_report)
 

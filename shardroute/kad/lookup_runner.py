@@ -49,21 +49,13 @@ class LookupOutcome:
     timed_out: bool
 
 
+@dataclass(eq=False, kw_only=True)
 class LookupRunner:
-    def __init__(
-        self,
-        *,
-        keeper: TableKeeper,
-        requests: RequestClient,
-        config: DhtConfig,
-        clock: Clock,
-        metrics: LookupMetrics | None = None,
-    ) -> None:
-        self.keeper = keeper
-        self.requests = requests
-        self.config = config
-        self.clock = clock
-        self.metrics = metrics
+    keeper: TableKeeper
+    requests: RequestClient
+    config: DhtConfig
+    clock: Clock
+    metrics: LookupMetrics | None = None
 
     async def run(
         self,

@@ -106,22 +106,10 @@ class MemoryEndpoint:
     def info(self) -> PeerInfo:
         return PeerInfo(peer_id=self.self_id, addrs=tuple(self.addrs))
 
-    async def request(
-        self,
-        peer: PeerInfo,
-        message: KadMessage,
-        *,
-        timeout: float,  # noqa: ASYNC109
-    ) -> KadMessage:
+    async def request(self, peer: PeerInfo, message: KadMessage, *, timeout: float) -> KadMessage:  # noqa: ASYNC109
         return await self._network._request(self, peer, message, timeout)
 
-    async def send(
-        self,
-        peer: PeerInfo,
-        messages: Sequence[KadMessage],
-        *,
-        timeout: float,  # noqa: ASYNC109
-    ) -> None:
+    async def send(self, peer: PeerInfo, messages: Sequence[KadMessage], *, timeout: float) -> None:  # noqa: ASYNC109
         await self._network._send(self, peer, messages, timeout)
 
 

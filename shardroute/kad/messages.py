@@ -14,7 +14,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from google.protobuf.message import DecodeError
 from multiaddr import Multiaddr
 
 from shardroute import limits
@@ -22,6 +21,7 @@ from shardroute.addrs import multiaddr_to_bytes, sanitize_peer_addrs
 from shardroute.errors import InvalidPeerId, KadMessageError, LocalProtocolError
 from shardroute.identity.peer_id import PeerId
 from shardroute.pb import dht_pb2
+from shardroute.protocol.protobuf import parse_message
 from shardroute.protocol.varint import encode_uvarint
 
 # go sends 1; rust 10 or 9. Nobody reads it.
@@ -170,11 +170,7 @@ def decode_message(body: bytes) -> KadMessage:
     Unknown fields are ignored."""
     if len(body) > limits.KAD_MAX_MESSAGE:
         raise KadMessageError(f"DHT message of {len(body)} bytes exceeds the 4 MiB limit")
-    pb = dht_pb2.Message()
-    try:
-        pb.ParseFromString(body)
-    except (DecodeError, ValueError, RuntimeError) as exc:
-        raise KadMessageError(f"undecodable DHT message: {exc}") from exc
+    pb = parse_message(dht_pb2.Message, body, KadMessageError, "DHT message")
     kind = _MESSAGE_TYPES.get(pb.type)
     if kind is None:
         raise KadMessageError(f"unknown DHT message type {pb.type}")

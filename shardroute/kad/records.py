@@ -21,6 +21,7 @@ from shardroute.identity.peer_id import PeerId
 from shardroute.kad import cbor
 from shardroute.kad.messages import format_rfc3339, parse_rfc3339
 from shardroute.pb import ipns_pb2
+from shardroute.protocol.protobuf import parse_message
 
 IPNS_MAX_RECORD = limits.IPNS_MAX_RECORD
 IPNS_SIGNATURE_PREFIX = b"ipns-signature:"
@@ -112,11 +113,7 @@ def decode_ipns_record(key: bytes, value: bytes, now: float) -> IpnsRecord:
         name = PeerId.from_bytes(rest)
     except InvalidPeerId as exc:
         raise InvalidRecord(f"IPNS name is not a peer ID: {exc}") from exc
-    entry = ipns_pb2.IpnsEntry()
-    try:
-        entry.ParseFromString(value)
-    except (DecodeError, ValueError) as exc:
-        raise InvalidRecord(f"undecodable IPNS record: {exc}") from exc
+    entry = parse_message(ipns_pb2.IpnsEntry, value, InvalidRecord, "IPNS record")
     if not entry.signatureV2 or not entry.data:
         raise InvalidRecord("IPNS record lacks signatureV2 or data")
     # The embedded key wins if present (boxo ExtractPublicKey); it must hash to the name.

@@ -43,26 +43,14 @@ class KadTransport(Protocol):
         ...
 
     # The timeout is a parameter (ASYNC109) so the driver can reset the stream it belongs to.
-    async def request(
-        self,
-        peer: PeerInfo,
-        message: KadMessage,
-        *,
-        timeout: float,  # noqa: ASYNC109
-    ) -> KadMessage:
+    async def request(self, peer: PeerInfo, message: KadMessage, *, timeout: float) -> KadMessage:  # noqa: ASYNC109
         """Send one request and return its reply (FIND_NODE, GET_*, PUT_VALUE, PING).
 
         Raises `KadRequestFailed` on a dial error, a reset, a timeout or an unusable reply.
         """
         ...
 
-    async def send(
-        self,
-        peer: PeerInfo,
-        messages: Sequence[KadMessage],
-        *,
-        timeout: float,  # noqa: ASYNC109
-    ) -> None:
+    async def send(self, peer: PeerInfo, messages: Sequence[KadMessage], *, timeout: float) -> None:  # noqa: ASYNC109
         """Write fire-and-forget messages (ADD_PROVIDER) on one stream; no reply is read.
 
         Raises `KadRequestFailed` when the messages could not be written.

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from google.protobuf.message import DecodeError
-
 from shardroute.errors import RemoteProtocolError
 from shardroute.pb import identify_pb2
+from shardroute.protocol.protobuf import parse_message
 
 IDENTIFY_PROTOCOL = "/ipfs/id/1.0.0"
 IDENTIFY_PUSH_PROTOCOL = "/ipfs/id/push/1.0.0"
@@ -56,11 +55,7 @@ def encode_identify(info: IdentifyInfo) -> bytes:
 
 
 def decode_identify(body: bytes) -> IdentifyInfo:
-    msg = identify_pb2.Identify()
-    try:
-        msg.ParseFromString(body)
-    except (DecodeError, ValueError) as exc:
-        raise IdentifyError(f"undecodable identify message: {exc}") from exc
+    msg = parse_message(identify_pb2.Identify, body, IdentifyError, "identify message")
     # proto2 strings are not checked on parse: python-protobuf hands back bytes for invalid
     # UTF-8. Refuse the message, as rust-libp2p (prost) does, so callers only see str.
     texts = [*msg.protocols, msg.agentVersion, msg.protocolVersion]

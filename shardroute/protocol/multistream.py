@@ -20,16 +20,12 @@ from shardroute.errors import (
     VarintError,
 )
 from shardroute.limits import MULTISTREAM_MAX_MESSAGE, MULTISTREAM_MAX_PROPOSALS
+from shardroute.protocol.events import NeedData
 from shardroute.protocol.varint import LengthPrefixedReader, frame
 
 MULTISTREAM_ID = "/multistream/1.0.0"
 NA = "na"
 LS = "ls"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NeedData:
-    pass
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,7 +14,7 @@ import contextlib
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -125,10 +125,11 @@ class Database:
     thread: `transaction()` and `reading()`, for repositories that write a few durable,
     set-based statements. `run` takes the whole transaction as one function onto a worker
     thread with a plain sqlite3 connection, one hand-off in all, durable or soft: the hot
-    writes (provider records, received and our own; the publisher's schedule). Under load a
-    hand-off costs far more than its statement (a thread woken, the GIL passed back and forth,
-    the loop woken), so a batch of one provider record cost six. One lock keeps one
-    transaction (or read) at a time across both, as SQLite has one writer anyway."""
+    writes (provider records, received and our own; the publisher's schedule) and lone
+    DELETEs. Under load a hand-off costs far more than its statement (a thread woken, the GIL
+    passed back and forth, the loop woken), so a batch of one provider record cost six. One
+    lock keeps one transaction (or read) at a time across both, as SQLite has one writer
+    anyway."""
 
     def __init__(
         self, durable: aiosqlite.Connection, worker: sqlite3.Connection, path: Path | None = None
@@ -184,6 +185,10 @@ class Database:
 
         async with self._lock:
             return await anyio.to_thread.run_sync(transaction, limiter=self._one_thread)
+
+    async def delete(self, sql: str, parameters: Sequence[object]) -> int:
+        """One DELETE as its own durable transaction (one hand-off); the rows it removed."""
+        return await self.run(lambda conn: max(0, conn.execute(sql, parameters).rowcount))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:

@@ -231,13 +231,12 @@ class SqliteProviderStore(Repository):
 
     @atomic
     async def remove_provider(self, key: bytes, provider: PeerId) -> bool:
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "DELETE FROM provider_records WHERE key = ? AND provider_id = "
-                "(SELECT id FROM provider_peers WHERE peer = ?)",
-                (key, provider.raw),
-            )
-            return cursor.rowcount > 0
+        removed = await self.db.delete(
+            "DELETE FROM provider_records WHERE key = ? AND provider_id = "
+            "(SELECT id FROM provider_peers WHERE peer = ?)",
+            (key, provider.raw),
+        )
+        return removed > 0
 
     async def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderRecord]:
         if self.reader is None:
@@ -264,13 +263,11 @@ class SqliteProviderStore(Repository):
     @atomic
     async def expire(self, now: float, batch: int) -> int:
         """Delete up to `batch` expired records (peers rows stay until `sweep_orphans`)."""
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "DELETE FROM provider_records WHERE (key, provider_id) IN "
-                "(SELECT key, provider_id FROM provider_records WHERE expires_at <= ? LIMIT ?)",
-                (now, batch),
-            )
-            return max(0, cursor.rowcount)
+        return await self.db.delete(
+            "DELETE FROM provider_records WHERE (key, provider_id) IN "
+            "(SELECT key, provider_id FROM provider_records WHERE expires_at <= ? LIMIT ?)",
+            (now, batch),
+        )
 
     @atomic
     async def count(self, now: float | None = None) -> int:

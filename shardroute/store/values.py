@@ -35,10 +35,8 @@ class SqliteValueStore(Repository):
 
     @atomic
     async def expire(self, older_than: float, batch: int) -> int:
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "DELETE FROM value_records WHERE key IN "
-                "(SELECT key FROM value_records WHERE received_at < ? LIMIT ?)",
-                (older_than, batch),
-            )
-            return max(0, cursor.rowcount)
+        return await self.db.delete(
+            "DELETE FROM value_records WHERE key IN "
+            "(SELECT key FROM value_records WHERE received_at < ? LIMIT ?)",
+            (older_than, batch),
+        )

@@ -19,14 +19,15 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from google.protobuf.message import DecodeError
 
 from shardroute.errors import InvalidKey, LocalProtocolError, NoiseError, PeerIdMismatch
 from shardroute.identity.keys import Ed25519PrivateKey, PublicKey
 from shardroute.identity.peer_id import PeerId
 from shardroute.limits import NOISE_MAX_HANDSHAKE_PAYLOAD
 from shardroute.pb import noise_pb2
+from shardroute.protocol.events import NeedData
 from shardroute.protocol.noise.transport import CipherState, NoiseTransport
+from shardroute.protocol.protobuf import parse_message
 
 PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
 SIGNATURE_PREFIX = b"noise-libp2p-static-key:"
@@ -100,11 +101,6 @@ _NEXT: dict[tuple[bool, Step], Step] = {
     (False, Step.WRITE_MSG2): Step.READ_MSG3,
     (False, Step.READ_MSG3): Step.DONE,
 }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NeedData:
-    pass
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -250,11 +246,9 @@ class NoiseHandshake:
     def _verify_payload(self, payload: bytes) -> tuple[PeerId, PublicKey]:
         if len(payload) > NOISE_MAX_HANDSHAKE_PAYLOAD:
             raise NoiseError(f"Noise handshake payload of {len(payload)} bytes is too large")
-        parsed = noise_pb2.NoiseHandshakePayload()
-        try:
-            parsed.ParseFromString(payload)
-        except (DecodeError, ValueError) as exc:
-            raise NoiseError(f"undecodable Noise handshake payload: {exc}") from exc
+        parsed = parse_message(
+            noise_pb2.NoiseHandshakePayload, payload, NoiseError, "Noise handshake payload"
+        )
         if not parsed.identity_key or not parsed.identity_sig:
             raise NoiseError("Noise handshake payload lacks an identity key or signature")
         try:
