@@ -130,6 +130,9 @@ KAD_IDLE_STREAMS_PER_PEER = 2
 KAD_STREAM_IDLE = 20.0
 KAD_STREAM_REUSE_FAILURES = 3
 KAD_SINGLE_USE_PEERS = 4096  # how many such peers are remembered
+# Requests a finished lookup no longer waits for, whose answers are read in the background so
+# their streams can be kept (our choice: a few lookups' worth); past this they are reset.
+KAD_MAX_DRAINING = 256
 
 # Per-peer request rates (requests/s, burst), our choice: well above what a lookup asks of one
 # peer, and ADD_PROVIDER above what a republish of a large node sends one peer in a burst.

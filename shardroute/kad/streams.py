@@ -6,7 +6,9 @@ or out of step, the request is retried once on a fresh stream, and a peer that b
 often gets a fresh stream per request. The server loop answers several requests per inbound
 stream, in order, as go expects. ADD_PROVIDER is never answered and no answer is ever read for
 it (py-libp2p answers it anyway: the answer is found before the next request and the stream
-dropped).
+dropped). A request the caller stops waiting for once it was sent (a lookup that has its answer
+cancels the rest) is not reset: the peer answers anyway, so the reply is read and dropped in the
+background and the stream kept, as rust-libp2p lets such requests finish.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import anyio
+import anyio.abc
 from multiaddr import Multiaddr
 
 from shardroute import limits
@@ -132,6 +135,8 @@ class StreamTransport:
         self.protocol_id = protocol_id
         self.self_id = host.peer_id
         self.kept: StreamPool[Stream] = StreamPool()
+        self._drains: anyio.abc.TaskGroup | None = None
+        self._draining = 0
 
     def self_addrs(self, to: PeerId | None = None) -> list[Multiaddr]:
         return self.host.advertised_addrs(to)
@@ -151,9 +156,13 @@ class StreamTransport:
     async def run(self) -> None:
         """Close kept streams past their idle time: a connection carrying a stream looks busy
         to the connection manager, and the peer would reset it after its own idle timeout."""
-        while True:
-            await anyio.sleep(limits.KAD_STREAM_IDLE / 2)
-            await _close_all(self.kept.expired(anyio.current_time()))
+        async with anyio.create_task_group() as self._drains:
+            try:
+                while True:
+                    await anyio.sleep(limits.KAD_STREAM_IDLE / 2)
+                    await _close_all(self.kept.expired(anyio.current_time()))
+            finally:
+                self._drains = None
 
     async def _open(self, peer: PeerInfo) -> KeptStream[Stream]:
         try:
@@ -175,12 +184,13 @@ class StreamTransport:
             await kept.stream.aclose()
 
     async def request(self, peer: PeerInfo, message: KadMessage, *, timeout: float) -> KadMessage:  # noqa: ASYNC109
+        deadline = anyio.current_time() + timeout
         try:
             with anyio.fail_after(timeout):
                 kept = await self._take(peer.peer_id)
                 if kept is not None:
                     try:
-                        reply = await _exchange(kept, message)
+                        reply = await self._exchange(kept, message, deadline)
                     except (ShardrouteError, OSError, anyio.EndOfStream) as exc:
                         log.debug("kept stream to %s failed (%s): a fresh one", peer.peer_id, exc)
                         self._reuse_failed(peer.peer_id)
@@ -193,7 +203,7 @@ class StreamTransport:
                         await _reset(kept.stream)
                         self._reuse_failed(peer.peer_id)
                 kept = await self._open(peer)
-                reply = await _exchange(kept, message)
+                reply = await self._exchange(kept, message, deadline)
                 await self._done_with(peer.peer_id, kept)
                 return self._counted(reply)
         except TimeoutError as exc:
@@ -202,6 +212,57 @@ class StreamTransport:
             raise
         except (ShardrouteError, OSError, anyio.EndOfStream) as exc:
             raise KadRequestFailed(f"{peer.peer_id}: {type(exc).__name__}: {exc}") from exc
+
+    async def _exchange(
+        self, kept: KeptStream[Stream], message: KadMessage, deadline: float
+    ) -> KadMessage:
+        """One request and its reply on `kept`; on any failure the stream is reset. Cancelled
+        while waiting for the reply before `deadline`, it leaves the reply to `_drain`."""
+        drained = False
+        try:
+            await kept.stream.send(frame(encode_message(message)))
+            try:
+                body = await _read_message(kept.stream, kept.reader)
+            except anyio.get_cancelled_exc_class():
+                drained = self._drain_later(kept, deadline)
+                raise
+            if body is None:
+                raise KadRequestFailed(
+                    f"{kept.stream.remote_peer} closed the stream without answering"
+                )
+            return decode_message(body)
+        except BaseException:
+            if not drained:
+                await _reset(kept.stream)
+            raise
+
+    def _drain_later(self, kept: KeptStream[Stream], deadline: float) -> bool:
+        if (
+            self._drains is None
+            or self._draining >= limits.KAD_MAX_DRAINING
+            or anyio.current_time() >= deadline  # the request's own timeout cancelled it
+        ):
+            return False
+        self._draining += 1
+        self._drains.start_soon(self._drain, kept, deadline)
+        return True
+
+    async def _drain(self, kept: KeptStream[Stream], deadline: float) -> None:
+        """Read and drop the reply to an abandoned request, then keep the stream. The reply
+        is not decoded: the next request on the stream checks that its answer matches it."""
+        try:
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                if await _read_message(kept.stream, kept.reader) is not None:
+                    await self._done_with(kept.stream.remote_peer, kept)
+                    self._used("drained")
+                    return
+            await _reset(kept.stream)  # no answer in time
+        except BaseException as exc:
+            await _reset(kept.stream)
+            if not isinstance(exc, (ShardrouteError, OSError, anyio.EndOfStream)):
+                raise
+        finally:
+            self._draining -= 1
 
     def _used(self, outcome: str) -> None:
         if self.reports is not None:
@@ -246,19 +307,6 @@ class StreamTransport:
             raise
         except (ShardrouteError, OSError) as exc:
             raise KadRequestFailed(f"{peer.peer_id}: {type(exc).__name__}: {exc}") from exc
-
-
-async def _exchange(kept: KeptStream[Stream], message: KadMessage) -> KadMessage:
-    """One request and its reply on `kept`; on any failure the stream is reset."""
-    try:
-        await kept.stream.send(frame(encode_message(message)))
-        body = await _read_message(kept.stream, kept.reader)
-        if body is None:
-            raise KadRequestFailed(f"{kept.stream.remote_peer} closed the stream without answering")
-        return decode_message(body)
-    except BaseException:
-        await _reset(kept.stream)
-        raise
 
 
 async def _write(stream: Stream, data: bytes) -> None:

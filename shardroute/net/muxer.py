@@ -112,9 +112,13 @@ class MuxedStream:
 
     async def confirm_protocol(self) -> None:
         """Wait for the peer's answer to a lazy proposal (nothing to do otherwise)."""
-        lazy, self._lazy = self._lazy, None
+        lazy, self._lazy = self._lazy, None  # its reads come back through `receive`
         if lazy is not None:
-            await lazy.confirm()
+            try:
+                await lazy.confirm()
+            except anyio.get_cancelled_exc_class():
+                self._lazy = lazy  # re-callable: a cancelled wait lost nothing
+                raise
 
     def hold(self, reservation: Reservation) -> None:
         """Keep `reservation` for as long as the stream lives."""

@@ -48,7 +48,7 @@ BAD_MESSAGE_REASONS = ("undecodable", "too_large", "rejected", "bad_peer_entry")
 EVICTION_REASONS = ("unresponsive", "failures", "left_server_mode")
 HANDSHAKE_FAILURE_REASONS = ("timeout", "protocol", "peer_id_mismatch", "closed")
 # The budgets a refusal can name (net/resources.py, kad/fairness.py, the store).
-KAD_STREAM_OUTCOMES = ("reused", "opened", "reuse_failed")
+KAD_STREAM_OUTCOMES = ("reused", "opened", "reuse_failed", "drained")
 RESOURCE_REFUSALS = (
     ("system", "connections"),
     ("system", "inbound_connections"),
@@ -270,7 +270,9 @@ class Metrics:
             "shardroute_kad_streams_total",
             "Outbound DHT requests by the stream they went on: reused (kept from an earlier"
             " request), opened (a new stream), reuse_failed (a kept stream was broken or out of"
-            " step, so the request went again on a new one).",
+            " step, so the request went again on a new one); drained: the caller stopped waiting"
+            " (its lookup had the answer), the reply was read in the background and the stream"
+            " kept.",
             ["outcome"],
             registry=r,
         )

@@ -175,8 +175,91 @@ async def test_a_kept_stream_broken_mid_request_is_replaced_and_the_request_answ
 def stream_uses(app: App) -> Counter[str]:
     counter = app.metrics.kad_streams_total
     return Counter(
-        {o: int(counter.labels(o)._value.get()) for o in ("reused", "opened", "reuse_failed")}
+        {
+            o: int(counter.labels(o)._value.get())
+            for o in ("reused", "opened", "reuse_failed", "drained")
+        }
     )
+
+
+def echoing_server(server: App, delays: dict[bytes, float], seen: list[MuxedStream]) -> None:
+    """Answer every request on a stream in turn, with its own key, after `delays[key]` seconds
+    (forever if the delay is infinite)."""
+
+    async def handler(stream: MuxedStream) -> None:
+        seen.append(stream)
+        reader = LengthPrefixedReader(limits.KAD_MAX_MESSAGE)
+        try:
+            while True:
+                while (body := reader.next_message()) is None:
+                    reader.receive_data(await stream.receive())
+                request = decode_message(body)
+                await anyio.sleep(delays.get(request.key, 0))
+                reply = KadMessage(type=request.type, key=request.key)
+                await stream.send(frame(encode_message(reply)))
+        except (anyio.EndOfStream, StreamReset):
+            pass
+
+    server.host.set_stream_handler(PROTOCOL, handler)
+
+
+@pytest.mark.parametrize("on", ["a kept stream", "a fresh stream"])
+async def test_a_request_abandoned_after_sending_is_drained_and_its_stream_kept(on: str) -> None:
+    """A lookup that has its answer cancels its other requests: their replies still come, so
+    they are read in the background and the streams kept, not reset and opened again. On a
+    fresh stream the protocol's confirmation is still pending when the request is abandoned."""
+    slow, later = b"slow" + KEY[4:], b"late" + KEY[4:]
+    async with node() as asker, node() as server:
+        seen: list[MuxedStream] = []
+        echoing_server(server, {slow: 0.3}, seen)
+        await asker.node.connect(address(server))
+        transport, target = asker.kad_transport, PeerInfo(server.peer_id, ())
+        before = stream_uses(asker)
+        if on == "a kept stream":
+            await transport.request(
+                target, KadMessage(type=MessageType.FIND_NODE, key=KEY), timeout=5
+            )
+        with anyio.move_on_after(0.05) as scope:
+            await transport.request(
+                target, KadMessage(type=MessageType.FIND_NODE, key=slow), timeout=5
+            )
+        assert scope.cancelled_caught and transport.kept.idle_streams(server.peer_id) == []
+        await poll(
+            "the abandoned request's reply read and its stream kept",
+            lambda: len(transport.kept.idle_streams(server.peer_id)) == 1,
+            seconds=5,
+        )
+        reply = await transport.request(
+            target, KadMessage(type=MessageType.FIND_NODE, key=later), timeout=5
+        )
+        assert reply.key == later  # in step: the drained reply was not taken for this one
+        assert len(seen) == 1
+        assert stream_uses(asker) - before == Counter(opened=1, drained=1, reused=1)
+
+
+async def test_an_abandoned_request_never_answered_is_reset_at_its_deadline() -> None:
+    silent = b"mute" + KEY[4:]
+    async with node() as asker, node() as server:
+        seen: list[MuxedStream] = []
+        echoing_server(server, {silent: float("inf")}, seen)
+        await asker.node.connect(address(server))
+        transport, target = asker.kad_transport, PeerInfo(server.peer_id, ())
+        before = stream_uses(asker)
+        await transport.request(target, KadMessage(type=MessageType.FIND_NODE, key=KEY), timeout=5)
+        with anyio.move_on_after(0.05):
+            await transport.request(
+                target, KadMessage(type=MessageType.FIND_NODE, key=silent), timeout=0.5
+            )
+        conn = asker.host.connection(server.peer_id)
+        assert conn is not None and conn.streams  # still waiting for the answer
+        await poll(
+            "the stream reset at the request's deadline", lambda: not conn.streams, seconds=5
+        )
+        assert transport.kept.idle_streams(server.peer_id) == []
+        assert stream_uses(asker) - before == Counter(opened=1)
+        # the peer is still asked, on a fresh stream
+        await transport.request(target, KadMessage(type=MessageType.FIND_NODE, key=KEY), timeout=5)
+        assert len(seen) == 2
 
 
 async def test_requests_to_one_peer_go_on_one_kept_stream_and_are_counted() -> None:
