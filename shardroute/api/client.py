@@ -51,14 +51,14 @@ class AnnounceResult:
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
     peer_id: str
-    addrs: tuple[str, ...]
-    mode: str
-    protocol: str
-    routing_table_size: int
-    stored_records: int
-    announced_records: int
+    addrs: tuple[str, ...]  # the multiaddrs it advertises
+    mode: str  # "server" or "client" (the message's enum, as text)
+    protocol: str  # the DHT protocol ID, e.g. /icn/kad/1.0.0
+    routing_table_size: int  # peers in the routing table
+    stored_records: int  # unexpired provider records held, ours included
+    announced_records: int  # shards this node announces and republishes
     agent_version: str
-    connections: int
+    connections: int  # open libp2p connections
     published_shards: int  # since the node started
     publish_lookups: int
     republish_backlog: int  # announced shards due now
