@@ -16,6 +16,8 @@ PURE = [
     "shardroute.protocol.noise",
     "shardroute.protocol.yamux",
     "shardroute.protocol.identify",
+    "shardroute.protocol.events",
+    "shardroute.protocol.protobuf",
     "shardroute.kad.address_book",
     "shardroute.kad.cbor",
     "shardroute.kad.config",
