@@ -131,8 +131,11 @@ KAD_STREAM_IDLE = 20.0
 KAD_STREAM_REUSE_FAILURES = 3
 KAD_SINGLE_USE_PEERS = 4096  # how many such peers are remembered
 # Requests a finished lookup no longer waits for, whose answers are read in the background so
-# their streams can be kept (our choice: a few lookups' worth); past this they are reset.
+# their streams can be kept (our choice: a few lookups' worth); past this they are reset, and
+# so is one whose answer is not there KAD_DRAIN_GRACE s later (a peer too slow to keep a
+# stream for; answers on loopback or a LAN take milliseconds), or by its own deadline.
 KAD_MAX_DRAINING = 256
+KAD_DRAIN_GRACE = 2.0
 
 # Per-peer request rates (requests/s, burst), our choice: well above what a lookup asks of one
 # peer, and ADD_PROVIDER above what a republish of a large node sends one peer in a burst.

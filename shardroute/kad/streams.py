@@ -248,10 +248,11 @@ class StreamTransport:
         return True
 
     async def _drain(self, kept: KeptStream[Stream], deadline: float) -> None:
-        """Read and drop the reply to an abandoned request, then keep the stream. The reply
-        is not decoded: the next request on the stream checks that its answer matches it."""
+        """Read and drop the reply to an abandoned request, then keep the stream; reset it if
+        the reply is not here within the grace or by the deadline. The reply is not decoded:
+        the next request on the stream checks that its answer matches it."""
         try:
-            with anyio.move_on_after(deadline - anyio.current_time()):
+            with anyio.move_on_after(min(deadline - anyio.current_time(), limits.KAD_DRAIN_GRACE)):
                 if await _read_message(kept.stream, kept.reader) is not None:
                     await self._done_with(kept.stream.remote_peer, kept)
                     self._used("drained")

@@ -237,7 +237,15 @@ async def test_a_request_abandoned_after_sending_is_drained_and_its_stream_kept(
         assert stream_uses(asker) - before == Counter(opened=1, drained=1, reused=1)
 
 
-async def test_an_abandoned_request_never_answered_is_reset_at_its_deadline() -> None:
+@pytest.mark.parametrize(
+    ("request_timeout", "grace"), [(0.5, 2.0), (30.0, 0.3)], ids=["deadline", "grace"]
+)
+async def test_an_abandoned_request_never_answered_is_reset_at_its_deadline_or_grace(
+    request_timeout: float, grace: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever comes first: the request's own deadline, or the grace after it was abandoned
+    (a silent peer does not hold a stream for the whole request timeout)."""
+    monkeypatch.setattr(limits, "KAD_DRAIN_GRACE", grace)
     silent = b"mute" + KEY[4:]
     async with node() as asker, node() as server:
         seen: list[MuxedStream] = []
@@ -248,13 +256,11 @@ async def test_an_abandoned_request_never_answered_is_reset_at_its_deadline() ->
         await transport.request(target, KadMessage(type=MessageType.FIND_NODE, key=KEY), timeout=5)
         with anyio.move_on_after(0.05):
             await transport.request(
-                target, KadMessage(type=MessageType.FIND_NODE, key=silent), timeout=0.5
+                target, KadMessage(type=MessageType.FIND_NODE, key=silent), timeout=request_timeout
             )
         conn = asker.host.connection(server.peer_id)
         assert conn is not None and conn.streams  # still waiting for the answer
-        await poll(
-            "the stream reset at the request's deadline", lambda: not conn.streams, seconds=5
-        )
+        await poll("the abandoned stream reset", lambda: not conn.streams, seconds=3)
         assert transport.kept.idle_streams(server.peer_id) == []
         assert stream_uses(asker) - before == Counter(opened=1)
         # the peer is still asked, on a fresh stream
