@@ -15,6 +15,7 @@ and of all nodes (idle upkeep included). A/B comparisons of source trees run thi
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_network import parse
 from bench.netnodes import cpu_seconds
-from bench.netplan import make_plan, run_ops
+from bench.netplan import make_plan, pct, run_ops
 from bench.netrun import Network, log, op_calls
 from tests.interop.thirdparty import require
 
@@ -63,20 +64,18 @@ def one_network(
         net.close()
 
 
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
 def main(argv: list[str]) -> int:
     args = parse(["--provides", "480", "--impls", "shardroute,go", *argv])
     root = Path(tempfile.mkdtemp(prefix="shardroute-bench-finds-"))
     rows = []
-    for r in range(args.rounds):
-        for impl in args.impls:
-            log(f"round {r + 1}: {impl}")
-            ms, own, total = one_network(impl, args, root)
-            rows.append((r + 1, impl, ms, own, total))
+    try:
+        for r in range(args.rounds):
+            for impl in args.impls:
+                log(f"round {r + 1}: {impl}")
+                ms, own, total = one_network(impl, args, root)
+                rows.append((r + 1, impl, ms, own, total))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # 32 data dirs and logs per network
     print(
         "| round | impl | finds | p10 ms | p50 ms | p90 ms | finder CPU ms/find | all nodes CPU ms/find |"
     )
@@ -84,8 +83,8 @@ def main(argv: list[str]) -> int:
     for r, impl, ms, own, total in rows:
         n = len(ms)
         print(
-            f"| {r} | {impl} | {n} | {quantile(ms, 0.1):.2f} | {quantile(ms, 0.5):.2f}"
-            f" | {quantile(ms, 0.9):.2f} | {own * 1000 / n:.2f} | {total * 1000 / n:.2f} |"
+            f"| {r} | {impl} | {n} | {pct(ms, 0.1):.2f} | {pct(ms, 0.5):.2f}"
+            f" | {pct(ms, 0.9):.2f} | {own * 1000 / n:.2f} | {total * 1000 / n:.2f} |"
         )
     return 0
 
