@@ -226,6 +226,9 @@ def check_bindable(setting: str, address: str) -> None:
     except OSError as exc:
         raise StartupError(f"{setting} {address}: cannot resolve {host!r}: {exc}") from None
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # as the server will bind: a restart right after a crash must not be refused for
+        # the dead process's TIME_WAIT connections; a live listener still refuses it
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(infos[0][4])
         except OSError as exc:
