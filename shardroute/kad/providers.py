@@ -212,6 +212,9 @@ class ProviderRouting(KadOperation):
         if self._tg is None:
             raise LocalProtocolError("enter the Dht (async with) before looking up providers")
         wanted = count - len(seen)
+        # Our own record says whether we provide: peers keep their copies of it past a
+        # withdrawal (there is no un-provide), so where we hold none, no answer names us.
+        seen.add(self.self_id)
         send, receive = anyio.create_memory_object_stream[PeerInfo](max_buffer_size=count)
         scope = anyio.CancelScope()
         self._tg.start_soon(self._search, key, wanted, seen, send, scope, on_report)

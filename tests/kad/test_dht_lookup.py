@@ -165,6 +165,21 @@ async def test_a_find_ends_at_its_count_while_the_lookup_winds_up_behind_it() ->
         assert 0 < reports[0].requests < config.k
 
 
+async def test_a_node_that_dropped_its_own_record_is_not_named_by_peers_copies() -> None:
+    async with Cluster(seed=17) as cluster:
+        nodes = await cluster.build(32)
+        key = _cid_key(17)
+        withdrawn, other = nodes[3], nodes[9]
+        await withdrawn.dht.provide(key)
+        await other.dht.provide(key)
+        # as a withdrawal leaves it: our own record gone, peers' copies of it kept to their TTL
+        assert await withdrawn.dht.providers.remove_provider(key, withdrawn.peer_id)
+        reports: list[LookupReport] = []
+        found = [i async for i in withdrawn.dht.find_providers(key, 2, on_report=reports.append)]
+        assert [f.peer_id for f in found] == [other.peer_id]
+        assert reports and reports[0].requests > 0  # the lookup ran and heard peers' copies
+
+
 async def test_query_timeout_returns_partial_results() -> None:
     config = DhtConfig(diversity=False, request_timeout=5.0, query_timeout=0.2)
     async with Cluster(seed=17, config=config) as cluster:
