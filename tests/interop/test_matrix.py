@@ -16,7 +16,7 @@ import base64
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -193,8 +193,17 @@ async def test_provide_then_find_both_ways_with_usable_addresses(kind: Kind, rol
         cid = cid_of(f"provided by shardroute, {kind} {role}")
         report = await node.dht.provide(cid.dht_key)
         assert report.accepted == 1 and [p.peer_id for p in report.peers] == [peer_id]
-        found = await peer.command("find_providers", cid=str(cid), count=1)
-        [provider] = found["providers"]
+        providers: list[dict[str, Any]] = []
+
+        async def peer_finds() -> bool:
+            # ADD_PROVIDER has no answer: "accepted" means written to the stream, and the
+            # peer may be told to find before its handler has read it
+            nonlocal providers
+            providers = (await peer.command("find_providers", cid=str(cid), count=1))["providers"]
+            return bool(providers)
+
+        await poll(f"{kind} holds or finds shardroute's provider record", peer_finds, seconds=5)
+        [provider] = providers
         assert provider["peer_id"] == str(node.peer_id)
         addrs = loopback_tcp(provider["addrs"])
         assert addrs, provider
