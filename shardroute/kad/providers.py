@@ -193,9 +193,9 @@ class ProviderRouting(KadOperation):
     ) -> AsyncGenerator[PeerInfo, None]:
         """Providers of `key`: local records first, then a GET_PROVIDERS lookup.
 
-        Yields each provider once, as it arrives, and ends at the `count`th, while the lookup
-        winds up in the background; otherwise the lookup runs to its end. `on_report` receives
-        the lookup's report when one ran (after the generator ended, when it ended at `count`).
+        Yields each provider once, as it arrives, and stops after `count`, cancelling the
+        requests still in flight; otherwise the lookup runs to its end. `on_report` receives the
+        lookup's report when one ran.
         """
         check_provider_key(key)
         if count < 1:
@@ -218,19 +218,12 @@ class ProviderRouting(KadOperation):
         send, receive = anyio.create_memory_object_stream[PeerInfo](max_buffer_size=count)
         scope = anyio.CancelScope()
         self._tg.start_soon(self._search, key, wanted, seen, send, scope, on_report)
-        received = 0
         try:
             with receive:
                 async for info in receive:
-                    received += 1
                     yield info
-                    if received >= wanted:
-                        # The search stopped itself at this one; the caller need not wait
-                        # while it winds up (the other requests' replies still arriving).
-                        return
         finally:
-            if received < wanted:
-                scope.cancel()
+            scope.cancel()
 
     async def _search(
         self,
