@@ -152,7 +152,7 @@ async def test_a_node_that_dropped_its_own_record_is_not_named_by_peers_copies()
         reports: list[LookupReport] = []
         found = [i async for i in withdrawn.dht.find_providers(key, 2, on_report=reports.append)]
         assert [f.peer_id for f in found] == [other.peer_id]
-        assert reports and reports[0].requests > 0  # the lookup ran and heard peers' copies
+        assert reports and reports[0].requests > 0  # it asked the peers that hold the copies
 
 
 async def test_query_timeout_returns_partial_results() -> None:

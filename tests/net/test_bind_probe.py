@@ -1,5 +1,7 @@
 """The pre-start port probe: a held port is refused, a port left in TIME_WAIT is not."""
 
+import os
+import re
 import socket
 
 import pytest
@@ -11,7 +13,8 @@ from shardroute.net.transport import check_bindable
 def test_a_listening_port_is_refused_with_its_holder() -> None:
     with socket.create_server(("127.0.0.1", 0)) as held:
         port = held.getsockname()[1]
-        refused = r"grpc_listen .*: cannot listen: the port is in use"
+        refused = re.escape(f"grpc_listen 127.0.0.1:{port}: cannot listen: the port is in use")
+        refused += re.escape(f" by pid {os.getpid()} (")
         with pytest.raises(StartupError, match=refused):
             check_bindable("grpc_listen", f"127.0.0.1:{port}")
 
