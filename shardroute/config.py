@@ -45,6 +45,8 @@ class Settings:
     k: int = limits.KAD_K
     alpha: int = limits.KAD_ALPHA
     beta: int = limits.KAD_BETA
+    provider_alpha: int = limits.KAD_PROVIDER_ALPHA
+    stall_timeout: float = limits.KAD_STALL_TIMEOUT
     query_timeout: float = 10.0
     request_timeout: float = 10.0
     refresh_interval: float = 300.0
@@ -84,6 +86,7 @@ class Settings:
 
 _DURATIONS = {
     "query_timeout",
+    "stall_timeout",
     "request_timeout",
     "refresh_interval",
     "republish_interval",
@@ -95,6 +98,7 @@ _POSITIVE_INTS = {
     "k",
     "alpha",
     "beta",
+    "provider_alpha",
     "max_providers_per_key",
     "max_records_per_peer",
     "max_records_per_ip_group",

@@ -99,6 +99,14 @@ YAMUX_MAX_QUEUED_OUTPUT = 4 * MIB
 KAD_K = 20
 KAD_ALPHA = 10
 KAD_BETA = 3
+# GET_PROVIDERS lookups ask fewer peers at once (rust-libp2p's parallelism for every lookup): a
+# find usually ends at the first answer, which any of the nearest holders gives, and each extra
+# request wakes one more server (our choice; bench_network A/B in docs/benchmarks.md).
+KAD_PROVIDER_ALPHA = 3
+# A request unanswered this long stops holding one of its lookup's alpha slots, so silent peers
+# delay a lookup by this, not by the request timeout; its answer still counts if it comes
+# (Kademlia paper §2.3: unresponsive nodes are set aside; our value).
+KAD_STALL_TIMEOUT = 1.0
 # A lookup is seeded with this many times k table peers; those beyond the k nearest are asked
 # only once nearer ones fail, so a table whose k nearest are dead (churn, a restart from an old
 # table) still leads to live peers instead of ending the lookup empty.

@@ -22,6 +22,10 @@ class DhtConfig:
     k: int = _DEFAULTS.k
     alpha: int = _DEFAULTS.alpha
     beta: int = _DEFAULTS.beta
+    # GET_PROVIDERS lookups' alpha; every other lookup runs with `alpha`.
+    provider_alpha: int = _DEFAULTS.provider_alpha
+    # A request unanswered this long no longer holds an alpha slot.
+    stall_timeout: float = _DEFAULTS.stall_timeout
     request_timeout: float = _DEFAULTS.request_timeout
     query_timeout: float = _DEFAULTS.query_timeout
     put_timeout: float = limits.KAD_PUT_TIMEOUT
@@ -43,9 +47,15 @@ class DhtConfig:
     max_value_age: float = limits.KAD_MAX_VALUE_AGE
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.alpha < 1 or self.beta < 1:
-            raise ValueError("k, alpha and beta must be at least 1")
-        for name in ("request_timeout", "query_timeout", "put_timeout", "provider_ttl"):
+        if self.k < 1 or self.alpha < 1 or self.beta < 1 or self.provider_alpha < 1:
+            raise ValueError("k, alpha, provider_alpha and beta must be at least 1")
+        for name in (
+            "request_timeout",
+            "query_timeout",
+            "put_timeout",
+            "provider_ttl",
+            "stall_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.provider_addr_ttl < 0:
@@ -64,6 +74,8 @@ class DhtConfig:
             k=settings.k,
             alpha=settings.alpha,
             beta=settings.beta,
+            provider_alpha=settings.provider_alpha,
+            stall_timeout=settings.stall_timeout,
             request_timeout=settings.request_timeout,
             query_timeout=settings.query_timeout,
             provider_ttl=settings.provider_ttl,

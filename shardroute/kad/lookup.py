@@ -2,7 +2,7 @@
 
 The caller asks `next_queries()` whom to send a request to, reports each outcome with
 `on_reply` or `on_failure`, and stops when `finished`. No IO, clock or task in here: timeouts are
-the caller's, reported as failures.
+the caller's, reported as failures, and so is noticing a slow request (`on_stalled`).
 
 How it ends. A lookup SEARCHes with at most alpha requests in flight, always asking the closest
 peers it has heard of. Once the beta closest live peers seen have all answered (go's termination
@@ -74,6 +74,7 @@ class _Candidate:
     distance: int
     state: PeerState
     hop: int  # 1 for seeds; one more than the peer whose answer named it first
+    stalled: bool = False  # WAITING, but no longer holding an alpha slot
 
 
 class Lookup:
@@ -123,7 +124,8 @@ class Lookup:
     def next_queries(self) -> list[PeerId]:
         """Peers to send a request to now, nearest first; they become WAITING.
 
-        Never more than alpha in flight. Empty when finished or when every useful peer is in flight.
+        Never more than alpha in flight, stalled requests not counted. Empty when finished or
+        when every useful peer is in flight.
         """
         if self.phase is LookupPhase.FINISHED:
             return []
@@ -161,6 +163,16 @@ class Lookup:
         candidate = self._move(peer, _PeerInput.FAILED)
         del self._live[bisect.bisect_left(self._live, (candidate.distance, peer))]
         self._advance()
+
+    def on_stalled(self, peer: PeerId) -> None:
+        """The request to `peer` is slow: it stays WAITING (its answer or failure still
+        counts) but frees its alpha slot, so `next_queries` can ask someone else."""
+        candidate = self._peers.get(peer)
+        if candidate is None or candidate.state is not PeerState.WAITING:
+            raise LocalProtocolError(f"lookup: {peer} has no request in flight to stall")
+        if not candidate.stalled:
+            candidate.stalled = True
+            self._waiting -= 1
 
     def stop(self) -> None:
         """End the lookup now (e.g. enough providers were found); requests in flight are moot."""
@@ -203,7 +215,8 @@ class Lookup:
             raise LocalProtocolError(
                 f"lookup: {peer} cannot be {event.value} while {candidate.state.value}"
             )
-        self._waiting += (new_state is PeerState.WAITING) - (candidate.state is PeerState.WAITING)
+        held = candidate.state is PeerState.WAITING and not candidate.stalled
+        self._waiting += (new_state is PeerState.WAITING) - held
         candidate.state = new_state
         return candidate
 

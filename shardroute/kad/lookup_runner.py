@@ -2,13 +2,15 @@
 
 At most alpha requests in flight in one task group, each under `fail_after` (the request
 timeout), the whole lookup under `move_on_after` (the query timeout); on the query timeout a
-lookup returns what it has with `timed_out=True`. Every peer that answers is offered to the
-routing table; one that fails counts a failure against it.
+lookup returns what it has with `timed_out=True`. A request unanswered for the stall timeout
+frees its slot for the next peer and is still heard if it answers. Every peer that answers is
+offered to the routing table; one that fails counts a failure against it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,9 +67,10 @@ class LookupRunner:
         on_answer: AnswerHook | None = None,
         *,
         found: Callable[[], bool] | None = None,
+        alpha: int | None = None,
     ) -> LookupOutcome:
         """Run one lookup. `found` says whether it found what the operation looks for (by
-        default: any peer that answered)."""
+        default: any peer that answered); `alpha` replaces the configured one."""
         table = self.keeper.table
         target = Key.for_bytes(key)
         seeds = table.nearest(target, self.config.k * limits.KAD_LOOKUP_SEEDS_PER_K)
@@ -78,7 +81,7 @@ class LookupRunner:
             seeds,
             self_id=self.keeper.self_id,
             k=self.config.k,
-            alpha=self.config.alpha,
+            alpha=alpha or self.config.alpha,
             beta=self.config.beta,
         )
         with log_context(query_id=secrets.token_hex(4)):
@@ -125,18 +128,31 @@ class LookupRunner:
             max_buffer_size=self.config.alpha + self.config.k
         )
         in_flight = 0
+        stall = self.config.stall_timeout
+        holding: dict[PeerId, float] = {}  # requests that hold a slot: when each was sent
         with send, receive:
             async with anyio.create_task_group() as tg:
                 with anyio.move_on_after(self.config.query_timeout) as deadline:
                     while True:
                         for peer in lookup.next_queries():
                             tg.start_soon(self._ask, peer, message, send)
+                            holding[peer] = anyio.current_time()
                             in_flight += 1
                         if lookup.finished or in_flight == 0:
                             break
-                        peer, reply = await receive.receive()
-                        in_flight -= 1
-                        self._settle(lookup, peer, message, reply, on_answer)
+                        wait = min(holding.values(), default=None)
+                        with anyio.move_on_after(
+                            math.inf if wait is None else wait + stall - anyio.current_time()
+                        ):
+                            peer, reply = await receive.receive()
+                            in_flight -= 1
+                            holding.pop(peer, None)
+                            self._settle(lookup, peer, message, reply, on_answer)
+                            continue
+                        now = anyio.current_time()  # the deadlines' clock
+                        for peer in [p for p, sent in holding.items() if now - sent >= stall]:
+                            del holding[peer]
+                            lookup.on_stalled(peer)
                 # Requests still in flight are moot now (stopped, finished or timed out).
                 tg.cancel_scope.cancel()
         return deadline.cancelled_caught

@@ -262,6 +262,7 @@ class ProviderRouting(KadOperation):
                 KadMessage(type=MessageType.GET_PROVIDERS, key=key),
                 on_answer,
                 found=lambda: emitted > 0,
+                alpha=self.config.provider_alpha,
             )
             if on_report is not None:
                 on_report(self.runner.report(outcome))

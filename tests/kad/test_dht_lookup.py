@@ -140,6 +140,30 @@ async def test_stopping_at_count_cancels_requests_in_flight() -> None:
         assert cluster.network.in_flight == 0
 
 
+@pytest.mark.parametrize("stall_timeout", [0.2, 60.0])
+async def test_silent_nearest_peers_delay_a_find_by_the_stall_timeout(stall_timeout: float) -> None:
+    config = DhtConfig(
+        diversity=False, request_timeout=30.0, query_timeout=30.0, stall_timeout=stall_timeout
+    )
+    async with Cluster(seed=18, config=config) as cluster:
+        nodes = await cluster.build(64)
+        key = _cid_key(18)
+        provided = await nodes[0].dht.provide(key)
+        holders = {p.peer_id for p in provided.peers} | {nodes[0].peer_id}
+        finder = next(n for n in nodes[1:] if n.peer_id not in holders)
+        # Every peer the find asks first is silent; only the request timeout (30 s) ends those.
+        first = finder.dht.routing_table.nearest(Key.for_bytes(key), config.provider_alpha)
+        for peer in first:
+            cluster.network.set_state(peer, NodeState.UNRESPONSIVE)
+        with anyio.move_on_after(3) as waited:
+            found = [i async for i in finder.dht.find_providers(key, 1)]
+        if stall_timeout < 1:
+            assert not waited.cancelled_caught
+            assert [f.peer_id for f in found] == [nodes[0].peer_id]
+        else:  # the slots stay held: the control, that the silent peers hold the find
+            assert waited.cancelled_caught
+
+
 async def test_a_node_that_dropped_its_own_record_is_not_named_by_peers_copies() -> None:
     async with Cluster(seed=17) as cluster:
         nodes = await cluster.build(32)

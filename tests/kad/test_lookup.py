@@ -56,6 +56,26 @@ def test_reports_for_peers_not_in_flight_are_misuse() -> None:
     assert lookup.state_of(P[0]) is PeerState.QUERIED
 
 
+def test_a_stalled_request_frees_its_slot_and_its_late_answer_still_counts() -> None:
+    lookup = Lookup(TARGET, P[:6], self_id=SELF, k=3, alpha=2, beta=1)
+    assert lookup.next_queries() == [P[0], P[1]]
+    assert lookup.next_queries() == []
+    lookup.on_stalled(P[0])
+    lookup.on_stalled(P[0])  # once is enough; again changes nothing
+    assert lookup.next_queries() == [P[2]]  # one slot: P[1] still holds the other
+    assert lookup.next_queries() == []
+    assert lookup.state_of(P[0]) is PeerState.WAITING
+    lookup.on_reply(P[0], [])  # late, but heard: the nearest peer answered
+    assert lookup.state_of(P[0]) is PeerState.QUERIED
+    assert lookup.next_queries() == []  # its answer frees no second slot
+    lookup.on_failure(P[1])
+    assert lookup.next_queries() == [P[3]]
+    with pytest.raises(LocalProtocolError):
+        lookup.on_stalled(P[0])  # answered: nothing in flight to stall
+    with pytest.raises(LocalProtocolError):
+        lookup.on_stalled(P[5])  # never asked
+
+
 def test_answers_skip_self_and_known_peers_and_are_cut_at_2k() -> None:
     lookup = Lookup(TARGET, [P[10]], self_id=SELF, k=2)
     assert lookup.next_queries() == [P[10]]
