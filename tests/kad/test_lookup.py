@@ -196,16 +196,26 @@ def test_any_answers_end_in_a_consistent_result(
     data: st.DataObject, k: int, alpha: int, beta: int, seeds: list[PeerId]
 ) -> None:
     lookup = Lookup(TARGET, seeds, self_id=SELF, k=k, alpha=alpha, beta=beta)
-    in_flight: list[PeerId] = []
+    in_flight: list[PeerId] = []  # holding an alpha slot
+    stalled: list[PeerId] = []  # in flight, slot given up
     answers = 0
     while not lookup.finished:
         asked = lookup.next_queries()
         assert asked == sorted(asked, key=P.index)
         assert all(lookup.state_of(p) is PeerState.WAITING for p in asked)
         in_flight += asked
-        assert 0 < len(in_flight) <= alpha, "stalled or over alpha"
-        peer = in_flight.pop(data.draw(st.integers(0, len(in_flight) - 1)))
-        outcome = data.draw(st.sampled_from(["reply", "reply", "fail", "stop"]))
+        assert len(in_flight) <= alpha, "over alpha"
+        assert in_flight or stalled, "stuck: nothing in flight, not finished"
+        waiting = in_flight + stalled
+        peer = waiting[data.draw(st.integers(0, len(waiting) - 1))]
+        outcome = data.draw(st.sampled_from(["reply", "reply", "fail", "stop", "stall"]))
+        if outcome == "stall":
+            if peer in in_flight:
+                in_flight.remove(peer)
+                stalled.append(peer)
+                lookup.on_stalled(peer)
+            continue
+        (in_flight if peer in in_flight else stalled).remove(peer)
         if outcome == "fail":
             lookup.on_failure(peer)
         else:
