@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import write_section
-from bench.netnodes import ControlPeer, ServeNode
+from bench.netnodes import ControlPeer, ServeNode, memory_kib
 from tests.interop.thirdparty import command_line, require
 
 SETTLE = 3.0  # seconds an idle node runs before it is read
@@ -58,17 +58,6 @@ print(json.dumps({"bare_kib": bare, "own": own, "modules": len(sys.modules)}))
 """
 
 
-def status(pid: int) -> dict[str, int]:
-    """The kB fields of /proc/<pid>/status that say how much is resident."""
-    wanted = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in wanted:
-            fields[name] = int(value.split()[0])
-    return fields
-
-
 def mappings(pid: int) -> Counter[str]:
     """Resident kB per mapping, by file name ([heap], [anon] for the unnamed ones)."""
     held: Counter[str] = Counter()
@@ -88,7 +77,7 @@ def mib(kib: float) -> str:
 
 def idle_reading(pid: int) -> tuple[dict[str, int], Counter[str]]:
     time.sleep(SETTLE)
-    return status(pid), mappings(pid)
+    return memory_kib(pid), mappings(pid)
 
 
 def main(argv: list[str]) -> int:

@@ -86,12 +86,23 @@ def cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
     return out
 
 
+def memory_kib(pid: int) -> dict[str, int]:
+    """The kB fields of /proc/<pid>/status that say how much is resident (VmRSS, VmHWM,
+    RssAnon, RssFile)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            fields[name] = int(value.split()[0])
+    return fields
+
+
 def peak_rss_mib(pid: int) -> float:
     """VmHWM: the most resident memory the process ever had."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise NodeFailure(f"no VmHWM in /proc/{pid}/status")
+    peak = memory_kib(pid).get("VmHWM")
+    if peak is None:
+        raise NodeFailure(f"no VmHWM in /proc/{pid}/status")
+    return peak / 1024
 
 
 # -- processes ----------------------------------------------------------------------------------
