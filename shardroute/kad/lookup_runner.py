@@ -129,7 +129,8 @@ class LookupRunner:
         )
         in_flight = 0
         stall = self.config.stall_timeout
-        holding: dict[PeerId, float] = {}  # requests that hold a slot: when each was sent
+        # Requests that hold a slot, with when each was sent: in sending order, oldest first.
+        holding: dict[PeerId, float] = {}
         with send, receive:
             async with anyio.create_task_group() as tg:
                 with anyio.move_on_after(self.config.query_timeout) as deadline:
@@ -140,9 +141,9 @@ class LookupRunner:
                             in_flight += 1
                         if lookup.finished or in_flight == 0:
                             break
-                        wait = min(holding.values(), default=None)
+                        oldest = next(iter(holding.values()), None)
                         with anyio.move_on_after(
-                            math.inf if wait is None else wait + stall - anyio.current_time()
+                            math.inf if oldest is None else oldest + stall - anyio.current_time()
                         ):
                             peer, reply = await receive.receive()
                             in_flight -= 1
@@ -150,7 +151,9 @@ class LookupRunner:
                             self._settle(lookup, peer, message, reply, on_answer)
                             continue
                         now = anyio.current_time()  # the deadlines' clock
-                        for peer in [p for p, sent in holding.items() if now - sent >= stall]:
+                        for peer, sent in list(holding.items()):
+                            if now - sent < stall:
+                                break  # the rest were sent later
                             del holding[peer]
                             lookup.on_stalled(peer)
                 # Requests still in flight are moot now (stopped, finished or timed out).
