@@ -197,16 +197,16 @@ async def test_provide_then_find_both_ways_with_usable_addresses(kind: Kind, rol
 
         async def peer_finds() -> bool:
             # ADD_PROVIDER has no answer: "accepted" means written to the stream, and the
-            # peer may be told to find before its handler has read it
+            # peer may be told to find before its handler has read it; go-v0.20 has also
+            # once named us without addresses (CI, 2026-12-04): ask until an answer has one
             nonlocal providers
             providers = (await peer.command("find_providers", cid=str(cid), count=1))["providers"]
-            return bool(providers)
+            return len(providers) == 1 and bool(loopback_tcp(providers[0]["addrs"]))
 
-        await poll(f"{kind} holds or finds shardroute's provider record", peer_finds, seconds=5)
+        await poll(f"{kind} finds shardroute's record with an address", peer_finds, seconds=5)
         [provider] = providers
         assert provider["peer_id"] == str(node.peer_id)
         addrs = loopback_tcp(provider["addrs"])
-        assert addrs, provider
         await reaches(addrs[0], str(node.peer_id))
 
         cid = cid_of(f"provided by {kind}, {role}")
